@@ -1,0 +1,169 @@
+//! Control-plane failures as one line each: the cause, then the fix (the rules of the product).
+
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use thiserror::Error;
+
+/// Why an SSM call failed.
+#[derive(Debug, Error)]
+pub enum AwsError {
+    /// No region anywhere.
+    #[error(
+        "no AWS region configured: pass --region, set AWS_REGION, or add `region = ...` to your AWS profile"
+    )]
+    NoRegion,
+    /// The credential chain found nothing.
+    #[error(
+        "no AWS credentials found: run `aws sso login` or `aws configure`, set AWS_PROFILE, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )]
+    NoCredentials,
+    /// Credentials exist but are rejected (expired, bad signature).
+    #[error("AWS rejected the credentials ({0}): refresh them (e.g. `aws sso login`) and retry")]
+    BadCredentials(String),
+    /// The target has no connected agent (or does not exist).
+    #[error(
+        "target {target} is not connected to Session Manager (offline or unknown) in {region}: check the instance is running, its SSM agent is online, and the region is right"
+    )]
+    TargetNotConnected {
+        /// Target id.
+        target: String,
+        /// Region asked.
+        region: String,
+    },
+    /// IAM said no.
+    #[error(
+        "access denied: {0}: allow ssm:StartSession for this target and document in your IAM policy"
+    )]
+    AccessDenied(String),
+    /// Unknown document.
+    #[error("invalid document: {0}: check the --document name and that it exists in this region")]
+    InvalidDocument(String),
+    /// Bad document parameters.
+    #[error("invalid document parameters: {0}: check the port and --parameter values")]
+    InvalidParameters(String),
+    /// The session id is unknown to the service.
+    #[error("session {0} no longer exists")]
+    NoSuchSession(String),
+    /// The endpoint could not be reached.
+    #[error(
+        "could not reach the SSM endpoint {endpoint}: {detail}: check the network, proxy settings (HTTPS_PROXY) and AWS_ENDPOINT_URL_SSM"
+    )]
+    Unreachable {
+        /// URL tried.
+        endpoint: String,
+        /// Transport error text.
+        detail: String,
+    },
+    /// Anything else the service said.
+    #[error("SSM error {code}: {message}")]
+    Service {
+        /// Error code.
+        code: String,
+        /// Error message.
+        message: String,
+    },
+    /// Everything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl AwsError {
+    /// Whether retrying the same call can help (used while resuming).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable { .. } | Self::Other(_))
+            || matches!(self, Self::Service { code, .. } if code.contains("Internal") || code.contains("Throttl"))
+    }
+
+    /// Process exit code (sysexits): credentials/permission 77, configuration 78,
+    /// unavailable target or network 69, anything else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::NoCredentials | Self::BadCredentials(_) | Self::AccessDenied(_) => 77,
+            Self::NoRegion | Self::InvalidDocument(_) | Self::InvalidParameters(_) => 78,
+            Self::TargetNotConnected { .. } | Self::Unreachable { .. } => 69,
+            _ => 1,
+        }
+    }
+}
+
+/// Maps an SDK error to an [`AwsError`].
+pub(super) fn classify<E, R>(
+    err: SdkError<E, R>,
+    subject: &str,
+    region: &str,
+    endpoint: &str,
+) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let text = DisplayErrorContext(&err).to_string();
+    tracing::debug!(error = %text, "SSM call failed");
+    match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("Unknown").to_owned();
+            let message = e.message().unwrap_or_default().to_owned();
+            match code.as_str() {
+                "TargetNotConnected" | "InvalidTarget" | "InvalidInstanceId" => {
+                    AwsError::TargetNotConnected {
+                        target: subject.to_owned(),
+                        region: region.to_owned(),
+                    }
+                }
+                "AccessDeniedException" | "AccessDenied" => AwsError::AccessDenied(message),
+                "InvalidDocument" => AwsError::InvalidDocument(message),
+                "InvalidParameters" | "ValidationException" | "InvalidDocumentContent" => {
+                    AwsError::InvalidParameters(message)
+                }
+                "DoesNotExistException" => AwsError::NoSuchSession(subject.to_owned()),
+                "UnrecognizedClientException"
+                | "InvalidSignatureException"
+                | "ExpiredTokenException"
+                | "InvalidClientTokenId" => AwsError::BadCredentials(code),
+                _ => AwsError::Service { code, message },
+            }
+        }
+        _ if is_credentials_error(&err) => AwsError::NoCredentials,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => AwsError::Unreachable {
+            endpoint: endpoint.to_owned(),
+            detail: short(&text),
+        },
+        _ => AwsError::Other(short(&text)),
+    }
+}
+
+/// Whether the credential chain is what failed (it surfaces as a dispatch failure).
+fn is_credentials_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some()
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// The innermost cause of an SDK error chain, on one line: `DisplayErrorContext` prints
+/// "outer: inner: innermost (DebugDump...)", and only the message part is worth showing.
+fn short(text: &str) -> String {
+    let dump = [
+        "DispatchFailure",
+        "TimeoutError",
+        "ResponseError",
+        "ConstructionFailure",
+        "ServiceError",
+    ]
+    .iter()
+    .filter_map(|k| text.find(&format!(" ({k}(")))
+    .min()
+    .unwrap_or(text.len());
+    let messages = text[..dump].replace('\n', " ");
+    let last = messages
+        .rsplit(": ")
+        .find(|s| !s.trim().is_empty())
+        .unwrap_or(&messages);
+    last.trim().chars().take(160).collect()
+}

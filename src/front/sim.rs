@@ -1,0 +1,41 @@
+//! `ssm-proxy sim`: the simulator as a process, for demos and for trying one's own setup.
+
+use std::io::Write;
+
+use crate::cli::SimArgs;
+use crate::sim::{FaultPlan, SimConfig, SimServer};
+
+/// Serves until SIGINT/SIGTERM; the client environment goes to stdout first.
+pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
+    let parse = |s: &str, which: &str| {
+        FaultPlan::parse(s).map_err(|e| anyhow::anyhow!("--faults-{which}: {e}"))
+    };
+    let config = SimConfig {
+        offline: args.offline,
+        denied: args.deny,
+        up: parse(&args.faults_up, "up")?,
+        down: parse(&args.faults_down, "down")?,
+        paced: args.paced,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let server = SimServer::bind(config, args.listen.ip(), args.listen.port()).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "# ssm-proxy simulator: SSM API at {}",
+        server.endpoint()
+    )?;
+    for (k, v) in server.env() {
+        writeln!(out, "export {k}={v}")?;
+    }
+    out.flush()?;
+    drop(out);
+    let mut signals = crate::os::signals();
+    let sig = signals.recv().await.unwrap_or(crate::os::SIGINT);
+    eprintln!(
+        "ssm-proxy sim: stopping ({} sessions still active)",
+        server.service().active_sessions()
+    );
+    Ok(crate::os::signal_exit_code(sig))
+}

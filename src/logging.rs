@@ -1,0 +1,42 @@
+//! Diagnostics through `tracing`: to stderr (never stdout, which belongs to ssh) and optionally
+//! appended to a file. Quiet by default: a ProxyCommand's stderr shows on every ssh connection.
+
+use std::sync::Mutex;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
+
+use crate::cli::LogArgs;
+
+/// Installs the global subscriber. `SSM_PROXY_LOG` (EnvFilter syntax) overrides the level.
+pub fn init(args: &LogArgs) {
+    // Our own level, and one step quieter for the libraries (the SDK warns about harmless things).
+    let (ours, theirs) = match (args.quiet, args.verbose) {
+        (true, _) => ("error", "error"),
+        (false, 0) => ("warn", "error"),
+        (false, 1) => ("info", "warn"),
+        (false, 2) => ("debug", "info"),
+        _ => ("trace", "debug"),
+    };
+    let filter = EnvFilter::try_from_env("SSM_PROXY_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{theirs},ssm_proxy={ours}")));
+    // Timestamps (since start) only where they help: debugging latency.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime());
+    let file = args.log_file.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    match file {
+        Some(f) => builder
+            .with_writer(std::io::stderr.and(Mutex::new(f)))
+            .init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+}

@@ -1,0 +1,18 @@
+//! The Session Manager data-channel protocol as sans-IO state machines.
+//!
+//! Nothing here touches sockets, tokio, the wall clock or OS randomness: callers pass bytes, an
+//! `Instant` and a seed in, and take frames, output, events and the next deadline out. That makes
+//! every behaviour testable with a simulated clock (see `sim::pair`). Section numbers (§N) refer
+//! to `docs/protocol.md`.
+
+pub mod frame;
+pub mod handshake;
+pub mod inbox;
+pub mod outbox;
+pub mod payload;
+pub mod rto;
+pub mod session;
+
+pub use frame::{Frame, FrameError, MessageType};
+pub use handshake::SessionKind;
+pub use session::{Event, Session, SessionConfig};

@@ -1,0 +1,505 @@
+//! The client side of one data channel as a deterministic state machine (quinn-proto style).
+//!
+//! Feed it websocket messages ([`Session::handle_frame`]), local input ([`Session::handle_input`])
+//! and time ([`Session::handle_timeout`]); drain frames to send ([`Session::poll_transmit`]),
+//! bytes for the local side ([`Session::poll_output`]) and [`Event`]s, then sleep until
+//! [`Session::poll_timeout`]. It never reads a clock, touches I/O or draws OS randomness: the
+//! caller passes `now` and a seed. The sequence state survives reconnects
+//! ([`Session::handle_reconnect`]), as §4.1 requires.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use uuid::Uuid;
+
+use super::frame::{Frame, MessageType, flag, flags, ptype};
+use super::handshake::{self, SessionKind};
+use super::inbox::{Arrival, Inbox};
+use super::outbox::Outbox;
+use super::payload::{Acknowledge, ChannelClosed, HandshakeComplete, HandshakeRequest, Size};
+
+/// Version we report; realistic and above every threshold of §5.5 (pitfall 9).
+pub const CLIENT_VERSION: &str = "1.2.707.0";
+
+/// Tunables of a session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Epoch milliseconds at `start` (for CreatedDate; the session never reads the clock).
+    pub unix_ms_at_start: u64,
+    /// Largest payload per input message (§11: 1024 unless experimenting).
+    pub max_payload: usize,
+    /// Unacked payload bytes allowed in flight before input is refused.
+    pub send_window: usize,
+    /// Bytes of undelivered output after which new in-order data is left unacked.
+    pub output_limit: usize,
+    /// Out-of-order payload bytes held at most.
+    pub reorder_limit: usize,
+    /// How long to wait for the session to become ready (handshake or first output).
+    pub ready_timeout: Duration,
+    /// How long a pause_publication may hold input back before we try again (§7).
+    pub pause_watchdog: Duration,
+    /// Seed for message ids.
+    pub seed: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            unix_ms_at_start: 1_700_000_000_000,
+            max_payload: 1024,
+            send_window: 256 * 1024,
+            output_limit: 1024 * 1024,
+            reorder_limit: 4 * 1024 * 1024,
+            ready_timeout: Duration::from_secs(30),
+            pause_watchdog: Duration::from_secs(5),
+            seed: 0,
+        }
+    }
+}
+
+/// Something the caller must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake finished (or the first shell output arrived): start pumping input.
+    Ready {
+        /// The mode to run.
+        kind: SessionKind,
+        /// Agent version from the HandshakeRequest (empty without handshake).
+        agent_version: String,
+    },
+    /// A message for the user (HandshakeComplete CustomerMessage). Goes to stderr.
+    Notice(String),
+    /// Agent stderr bytes (PayloadType StdErr).
+    Stderr(Bytes),
+    /// The remote command's exit status (PayloadType ExitCode).
+    ExitCode(i32),
+    /// A Flag from the agent (e.g. ConnectToPortError).
+    Flag(u32),
+    /// The service closed the channel; `output` is empty on a normal end.
+    Closed {
+        /// Failure text from the service, if any.
+        output: String,
+    },
+    /// The session could not be established.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for HandshakeRequest (or, for a shell without handshake, the first output).
+    Opening,
+    /// HandshakeResponse sent; waiting for HandshakeComplete.
+    Handshaking(Option<SessionKind>),
+    Ready(SessionKind),
+    Closed,
+}
+
+/// Counters for logs, tests and benchmarks.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Frames rejected by the codec.
+    pub bad_frames: u64,
+    /// Sequenced messages that arrived again.
+    pub duplicates: u64,
+    /// Sequenced messages that arrived ahead of order and were buffered.
+    pub reordered: u64,
+    /// In-order messages left unacked because the local side was not draining output.
+    pub refused: u64,
+    /// Input messages sent (first transmissions).
+    pub sent: u64,
+}
+
+/// The client end of a data channel.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    start: Instant,
+    state: State,
+    next_seq: i64,
+    outbox: Outbox,
+    inbox: Inbox,
+    transmit: VecDeque<Bytes>,
+    output: VecDeque<Bytes>,
+    output_bytes: usize,
+    events: VecDeque<Event>,
+    paused_since: Option<Instant>,
+    agent_version: Option<String>,
+    rng: u64,
+    stats: Stats,
+}
+
+impl Session {
+    /// A session that has just opened its websocket at `now`.
+    pub fn new(config: SessionConfig, now: Instant) -> Self {
+        Self {
+            inbox: Inbox::new(config.reorder_limit),
+            rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
+            config,
+            start: now,
+            state: State::Opening,
+            next_seq: 0,
+            outbox: Outbox::default(),
+            transmit: VecDeque::new(),
+            output: VecDeque::new(),
+            output_bytes: 0,
+            events: VecDeque::new(),
+            paused_since: None,
+            agent_version: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Handles one received websocket message (binary or text, §2.3).
+    pub fn handle_frame(&mut self, now: Instant, raw: Bytes) {
+        let frame = match Frame::decode(&raw) {
+            Ok(f) => f,
+            Err(err) => {
+                self.stats.bad_frames += 1;
+                tracing::debug!(%err, len = raw.len(), "dropped bad frame");
+                return;
+            }
+        };
+        match frame.message_type {
+            MessageType::OutputStreamData => {
+                self.paused_since = None;
+                self.on_stream_message(now, frame);
+            }
+            MessageType::Acknowledge => {
+                self.paused_since = None;
+                if let Ok(ack) = serde_json::from_slice::<Acknowledge>(&frame.payload) {
+                    self.outbox
+                        .on_ack(now, ack.acknowledged_message_sequence_number);
+                }
+            }
+            MessageType::ChannelClosed => {
+                let closed: ChannelClosed =
+                    serde_json::from_slice(&frame.payload).unwrap_or_default();
+                self.close(closed.output);
+            }
+            MessageType::PausePublication => {
+                self.paused_since.get_or_insert(now);
+            }
+            MessageType::StartPublication => self.paused_since = None,
+            _ => tracing::trace!(kind = frame.message_type.as_str(), "ignored message"),
+        }
+    }
+
+    fn on_stream_message(&mut self, now: Instant, frame: Frame) {
+        match self.inbox.classify(frame.sequence) {
+            Arrival::Duplicate => {
+                // §4.3: re-ack, or the agent resends this head forever.
+                self.stats.duplicates += 1;
+                self.ack(now, &frame);
+            }
+            Arrival::Ahead => {
+                let ack = self.ack_frame(now, &frame);
+                if self.inbox.buffer(frame) {
+                    self.stats.reordered += 1;
+                    self.transmit.push_back(ack);
+                }
+            }
+            Arrival::InOrder => {
+                if !self.process(now, &frame, false) {
+                    self.stats.refused += 1;
+                    return;
+                }
+                self.ack(now, &frame);
+                self.inbox.advance();
+                // Buffered messages were acked when buffered, so they must be delivered now.
+                while let Some(next) = self.inbox.take_next() {
+                    self.process(now, &next, true);
+                    self.inbox.advance();
+                }
+            }
+        }
+    }
+
+    /// Acts on an in-order message. Returns false when it cannot be taken now (left unacked).
+    fn process(&mut self, now: Instant, frame: &Frame, must_take: bool) -> bool {
+        match frame.payload_type {
+            ptype::HANDSHAKE_REQUEST => self.on_handshake_request(now, frame),
+            ptype::HANDSHAKE_COMPLETE => {
+                let done: HandshakeComplete =
+                    serde_json::from_slice(&frame.payload).unwrap_or_default();
+                if !done.customer_message.is_empty() {
+                    self.events.push_back(Event::Notice(done.customer_message));
+                }
+                if let State::Handshaking(kind) = self.state {
+                    self.become_ready(kind.unwrap_or(SessionKind::Stream), String::new());
+                }
+            }
+            ptype::OUTPUT => {
+                if self.state == State::Opening {
+                    // §5.1: no handshake; the first output makes this a shell.
+                    self.become_ready(SessionKind::Shell, String::new());
+                }
+                if !must_take && self.output_bytes >= self.config.output_limit {
+                    return false;
+                }
+                if !frame.payload.is_empty() && self.state != State::Closed {
+                    self.output_bytes += frame.payload.len();
+                    self.output.push_back(frame.payload.clone());
+                }
+            }
+            ptype::STDERR => self.events.push_back(Event::Stderr(frame.payload.clone())),
+            ptype::EXIT_CODE => {
+                let text = String::from_utf8_lossy(&frame.payload);
+                let code = text
+                    .trim()
+                    .trim_start_matches("EXIT_CODE:")
+                    .trim()
+                    .parse()
+                    .ok();
+                self.events.push_back(Event::ExitCode(code.unwrap_or(-1)));
+            }
+            ptype::FLAG => self.events.push_back(Event::Flag(frame.flag_value())),
+            other => tracing::debug!(ptype = other, "ignored payload type"),
+        }
+        true
+    }
+
+    fn on_handshake_request(&mut self, now: Instant, frame: &Frame) {
+        if self.state != State::Opening {
+            return;
+        }
+        let req: HandshakeRequest = serde_json::from_slice(&frame.payload).unwrap_or_default();
+        let eval = handshake::evaluate(&req, CLIENT_VERSION, None);
+        tracing::debug!(agent = %req.agent_version, kind = ?eval.kind, "handshake request");
+        let body = serde_json::to_vec(&eval.response).unwrap_or_default();
+        self.send_stream(now, ptype::HANDSHAKE_RESPONSE, Bytes::from(body));
+        self.state = State::Handshaking(eval.kind);
+        self.agent_version = Some(req.agent_version);
+        if eval.kind.is_none() {
+            self.fail("the agent asked for a session type this client does not know".into());
+        }
+    }
+
+    fn become_ready(&mut self, kind: SessionKind, agent_version: String) {
+        let agent_version = self.agent_version.take().unwrap_or(agent_version);
+        self.state = State::Ready(kind);
+        self.events.push_back(Event::Ready {
+            kind,
+            agent_version,
+        });
+    }
+
+    fn fail(&mut self, why: String) {
+        if self.state != State::Closed {
+            self.state = State::Closed;
+            self.events.push_back(Event::Failed(why));
+        }
+    }
+
+    fn close(&mut self, output: String) {
+        if self.state != State::Closed {
+            self.state = State::Closed;
+            self.events.push_back(Event::Closed { output });
+        }
+    }
+
+    /// Queues local bytes as input messages of at most `max_payload` bytes. The caller checks
+    /// [`Session::can_accept_input`] first; input given anyway is still sent, never dropped.
+    pub fn handle_input(&mut self, now: Instant, mut data: Bytes) {
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(self.config.max_payload));
+            self.send_stream(now, ptype::OUTPUT, chunk);
+        }
+    }
+
+    /// Sends a terminal size (PayloadType Size).
+    pub fn handle_resize(&mut self, now: Instant, size: Size) {
+        let body = serde_json::to_vec(&size).unwrap_or_default();
+        self.send_stream(now, ptype::SIZE, Bytes::from(body));
+    }
+
+    /// Sends a Flag message (e.g. [`flag::TERMINATE_SESSION`]).
+    pub fn send_flag(&mut self, now: Instant, value: u32) {
+        self.send_stream(
+            now,
+            ptype::FLAG,
+            Bytes::copy_from_slice(&value.to_be_bytes()),
+        );
+    }
+
+    /// Asks the agent to end the session (Flag TerminateSession, §9.2).
+    pub fn terminate(&mut self, now: Instant) {
+        if matches!(self.state, State::Ready(_)) {
+            self.send_flag(now, flag::TERMINATE_SESSION);
+        }
+    }
+
+    /// Runs the timers: retransmissions, the ready deadline and the pause watchdog.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.outbox.resend_due(now, &mut self.transmit);
+        if matches!(self.state, State::Opening | State::Handshaking(_))
+            && now >= self.start + self.config.ready_timeout
+        {
+            self.fail(format!(
+                "the agent did not complete the handshake within {} s",
+                self.config.ready_timeout.as_secs()
+            ));
+        }
+        if let Some(since) = self.paused_since
+            && now >= since + self.config.pause_watchdog
+        {
+            self.paused_since = None;
+        }
+    }
+
+    /// The websocket was replaced: frames queued for the old one are gone, so resend everything
+    /// unacked at once (§10) instead of waiting for the RTO.
+    pub fn handle_reconnect(&mut self, now: Instant) {
+        self.transmit.clear();
+        self.paused_since = None;
+        self.outbox.resend_all(now, &mut self.transmit);
+    }
+
+    /// Next frame to send on the websocket.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.transmit.pop_front()
+    }
+
+    /// Output for the local side, concatenated up to `max` bytes per call (batched writes).
+    pub fn poll_output(&mut self, max: usize) -> Option<Bytes> {
+        let first = self.output.pop_front()?;
+        if first.len() >= max
+            || self
+                .output
+                .front()
+                .is_none_or(|b| first.len() + b.len() > max)
+        {
+            self.output_bytes -= first.len();
+            return Some(first);
+        }
+        let mut buf = BytesMut::with_capacity(max.min(self.output_bytes));
+        buf.extend_from_slice(&first);
+        while let Some(next) = self.output.front() {
+            if buf.len() + next.len() > max {
+                break;
+            }
+            buf.extend_from_slice(next);
+            self.output.pop_front();
+        }
+        self.output_bytes -= buf.len();
+        Some(buf.freeze())
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let ready = matches!(self.state, State::Opening | State::Handshaking(_))
+            .then(|| self.start + self.config.ready_timeout);
+        let pause = self.paused_since.map(|t| t + self.config.pause_watchdog);
+        [self.outbox.next_deadline(), ready, pause]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether new input may be queued now: ready, not paused, window not full (§7).
+    pub fn can_accept_input(&self) -> bool {
+        matches!(self.state, State::Ready(_))
+            && self.paused_since.is_none()
+            && self.outbox.unacked_bytes() < self.config.send_window
+    }
+
+    /// Whether all input sent so far has been acknowledged.
+    pub fn all_acked(&self) -> bool {
+        self.outbox.is_empty()
+    }
+
+    /// Whether the channel is over (closed by the service or failed).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Bytes waiting in [`Session::poll_output`].
+    pub fn pending_output(&self) -> usize {
+        self.output_bytes
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Total retransmissions.
+    pub fn retransmissions(&self) -> u64 {
+        self.outbox.retransmissions()
+    }
+
+    /// Current RTO.
+    pub fn rto(&self) -> Duration {
+        self.outbox.rtt().rto()
+    }
+
+    fn send_stream(&mut self, now: Instant, payload_type: u32, payload: Bytes) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let len = payload.len();
+        let frame = Frame {
+            message_type: MessageType::InputStreamData,
+            schema_version: 1,
+            created_date: self.unix_ms(now),
+            sequence: seq,
+            flags: 0,
+            message_id: self.next_id(),
+            payload_type,
+            payload,
+        }
+        .encode();
+        self.stats.sent += 1;
+        self.outbox.push(now, seq, frame.clone(), len);
+        self.transmit.push_back(frame);
+    }
+
+    fn ack(&mut self, now: Instant, frame: &Frame) {
+        let ack = self.ack_frame(now, frame);
+        self.transmit.push_back(ack);
+    }
+
+    fn ack_frame(&mut self, now: Instant, frame: &Frame) -> Bytes {
+        let body = Acknowledge {
+            acknowledged_message_type: frame.message_type.as_str().to_owned(),
+            acknowledged_message_id: frame.message_id.hyphenated().to_string(),
+            acknowledged_message_sequence_number: frame.sequence,
+            is_sequential_message: true,
+        };
+        Frame {
+            message_type: MessageType::Acknowledge,
+            schema_version: 1,
+            created_date: self.unix_ms(now),
+            sequence: 0,
+            flags: flags::ACK,
+            message_id: self.next_id(),
+            payload_type: ptype::NONE,
+            payload: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+        }
+        .encode()
+    }
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        self.config.unix_ms_at_start + now.saturating_duration_since(self.start).as_millis() as u64
+    }
+
+    fn next_id(&mut self) -> Uuid {
+        let hi = splitmix(&mut self.rng);
+        let lo = splitmix(&mut self.rng);
+        uuid::Builder::from_random_bytes(((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes())
+            .into_uuid()
+    }
+}
+
+/// SplitMix64: tiny, seedable, good enough for message ids.
+pub fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

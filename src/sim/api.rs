@@ -1,0 +1,101 @@
+//! The fake SSM control plane: AWS JSON 1.1 over HTTP (`X-Amz-Target: AmazonSSM.<Op>`), answering
+//! StartSession, ResumeSession and TerminateSession, with errors in the real wire shape
+//! (`__type` in the body and `x-amzn-ErrorType`), so the real AWS SDK talks to it unchanged.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::service::Service;
+
+/// An API error as the service would send it.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Error code (`__type`).
+    pub code: &'static str,
+    /// Human message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 400 with this code.
+    pub fn client(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Serves the API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, service: Arc<Service>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let handler = hyper::service::service_fn(move |req| handle(req, service.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, handler)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    service: Arc<Service>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let target = req
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let op = target.rsplit('.').next().unwrap_or_default();
+    let result = match op {
+        "StartSession" => service.start_session(&input),
+        "ResumeSession" => service.resume_session(&input),
+        "TerminateSession" => service.terminate_session(&input),
+        "DescribeInstanceInformation" => service.describe_instances(&input),
+        _ => Err(ApiError::client(
+            "UnknownOperationException",
+            format!("unknown operation {op}"),
+        )),
+    };
+    Ok(match result {
+        Ok(v) => reply(StatusCode::OK, &v, None),
+        Err(e) => reply(
+            e.status,
+            &json!({"__type": e.code, "message": e.message}),
+            Some(e.code),
+        ),
+    })
+}
+
+fn reply(status: StatusCode, body: &Value, error: Option<&str>) -> Response<Full<Bytes>> {
+    let mut resp = Response::builder()
+        .status(status)
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amzn-requestid", uuid::Uuid::new_v4().to_string());
+    if let Some(code) = error {
+        resp = resp.header("x-amzn-errortype", code);
+    }
+    resp.body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}

@@ -1,0 +1,134 @@
+//! Seeded, reproducible fault injection for one direction of a simulated link: loss,
+//! duplication, reordering, digest corruption and delay with jitter. Used by the in-memory pair
+//! and by the websocket gateway.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::proto::session::splitmix;
+
+/// What can go wrong on one direction of the link. Rates are per message, in parts per million.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// Drop every Nth message (0 = never).
+    pub drop_every: u64,
+    /// Random loss.
+    pub loss_ppm: u32,
+    /// Deliver a message twice.
+    pub dup_ppm: u32,
+    /// Hold a message back behind later ones.
+    pub reorder_ppm: u32,
+    /// Flip a payload byte so the digest no longer matches.
+    pub corrupt_ppm: u32,
+    /// Fixed one-way delay.
+    pub delay: Duration,
+    /// Extra random delay, uniform in [0, jitter].
+    pub jitter: Duration,
+}
+
+impl FaultPlan {
+    /// Whether this plan changes anything at all.
+    pub fn is_clean(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Parses `loss=0.01,dup=0.01,reorder=0.02,corrupt=0.001,drop-every=50,delay=5ms,jitter=2ms`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut plan = Self::default();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or(format!("expected KEY=VALUE in {item:?}"))?;
+            let rate = || -> Result<u32, String> {
+                let r: f64 = value.parse().map_err(|_| format!("bad rate {value:?}"))?;
+                if !(0.0..=1.0).contains(&r) {
+                    return Err(format!("rate {r} not in 0..1"));
+                }
+                Ok((r * 1e6) as u32)
+            };
+            let millis = || -> Result<Duration, String> {
+                let v = value.trim_end_matches("ms");
+                Ok(Duration::from_millis(
+                    v.parse().map_err(|_| format!("bad duration {value:?}"))?,
+                ))
+            };
+            match key {
+                "loss" => plan.loss_ppm = rate()?,
+                "dup" => plan.dup_ppm = rate()?,
+                "reorder" => plan.reorder_ppm = rate()?,
+                "corrupt" => plan.corrupt_ppm = rate()?,
+                "drop-every" => {
+                    plan.drop_every = value.parse().map_err(|_| format!("bad count {value:?}"))?
+                }
+                "delay" => plan.delay = millis()?,
+                "jitter" => plan.jitter = millis()?,
+                other => return Err(format!("unknown fault {other:?}")),
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// Applies a [`FaultPlan`] to a sequence of messages.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    plan: FaultPlan,
+    rng: u64,
+    count: u64,
+    /// Messages dropped so far (loss or drop-every).
+    pub dropped: u64,
+}
+
+impl Faults {
+    /// A fault source with its own seed.
+    pub fn new(plan: FaultPlan, seed: u64) -> Self {
+        Self {
+            plan,
+            rng: seed,
+            count: 0,
+            dropped: 0,
+        }
+    }
+
+    fn chance(&mut self, ppm: u32) -> bool {
+        ppm > 0 && (splitmix(&mut self.rng) % 1_000_000) < u64::from(ppm)
+    }
+
+    /// What to deliver for one message, each copy with its extra delay. Empty = lost.
+    pub fn apply(&mut self, msg: Bytes) -> Vec<(Duration, Bytes)> {
+        self.count += 1;
+        if (self.plan.drop_every > 0 && self.count.is_multiple_of(self.plan.drop_every))
+            || self.chance(self.plan.loss_ppm)
+        {
+            self.dropped += 1;
+            return Vec::new();
+        }
+        let msg = if self.chance(self.plan.corrupt_ppm) && msg.len() > 120 {
+            let mut m = msg.to_vec();
+            let i = 120 + (splitmix(&mut self.rng) as usize) % (m.len() - 120);
+            m[i] ^= 0x5a;
+            Bytes::from(m)
+        } else {
+            msg
+        };
+        let mut delay = self.plan.delay + self.jitter();
+        if self.chance(self.plan.reorder_ppm) {
+            delay += Duration::from_millis(5) + self.plan.delay + self.jitter();
+        }
+        let mut out = vec![(delay, msg.clone())];
+        if self.chance(self.plan.dup_ppm) {
+            out.push((delay + self.jitter() + Duration::from_millis(1), msg));
+        }
+        out
+    }
+
+    fn jitter(&mut self) -> Duration {
+        let j = self.plan.jitter.as_micros() as u64;
+        if j == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(splitmix(&mut self.rng) % (j + 1))
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The message gateway: accepts the client's data-channel websocket (first text frame
+//! OpenDataChannelInput with a valid token), and runs one task per session that joins the client
+//! websocket, the [`Agent`] model and the agent's real TCP connection to its destination,
+//! injecting the configured faults on the way (§12.5).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use aws_lc_rs::digest::{SHA256, digest};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::agent::{Agent, AgentConfig, AgentEvent};
+use super::faults::Faults;
+use super::service::Service;
+use crate::proto::payload::OpenDataChannelInput;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// What the service hands a session task.
+pub enum Attach {
+    /// A client websocket that presented a valid token.
+    Client(Box<Ws>),
+    /// TerminateSession was called.
+    Terminate,
+}
+
+/// Everything a session task needs to know at start.
+pub struct SessionPlan {
+    /// Session id.
+    pub session_id: String,
+    /// Target id.
+    pub target: String,
+    /// Document properties after substitution.
+    pub properties: Value,
+    /// Seed for ids and faults.
+    pub seed: u64,
+}
+
+/// Accepts data-channel websockets until the task is dropped.
+pub async fn serve(listener: TcpListener, service: Arc<Service>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(accept(stream, service.clone()));
+    }
+}
+
+async fn accept(stream: TcpStream, service: Arc<Service>) {
+    let mut path = String::new();
+    // The error type is tungstenite's, not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+        path = req.uri().path().to_owned();
+        Ok(resp)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    let session_id = path
+        .strip_prefix("/v1/data-channel/")
+        .unwrap_or_default()
+        .to_owned();
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+    let open: Option<OpenDataChannelInput> = match first {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str(t.as_str()).ok(),
+        _ => None,
+    };
+    let token = open.map(|o| o.token_value).unwrap_or_default();
+    // The service's behaviour on a bad token is unconfirmed (§2.2); closing is the safe reading.
+    let ws = Box::new(ws);
+    if service.attach(&session_id, &token, Attach::Client(ws)) {
+        service.opens.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Starts the task of a new session; the returned sender feeds it websockets and commands.
+pub fn spawn_session(plan: SessionPlan, service: Arc<Service>) -> mpsc::UnboundedSender<Attach> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let id = plan.session_id.clone();
+        run_session(plan, &service, rx).await;
+        service.mark_ended(&id);
+    });
+    tx
+}
+
+/// A message held back by a delay fault: (due, tie, to_agent, bytes).
+type Delayed = Reverse<(Instant, u64, bool, Bytes)>;
+
+async fn run_session(
+    plan: SessionPlan,
+    service: &Service,
+    mut attach: mpsc::UnboundedReceiver<Attach>,
+) {
+    let cfg = service.config();
+    let start = Instant::now();
+    let agent_cfg = AgentConfig {
+        version: cfg.agent_version.clone(),
+        properties: plan.properties.clone(),
+        seed: plan.seed.wrapping_mul(31).wrapping_add(cfg.seed),
+        ..Default::default()
+    };
+    let mut agent = Agent::new(agent_cfg, start.into_std());
+    let mut up = Faults::new(cfg.up.clone(), cfg.seed ^ plan.seed.wrapping_mul(3) ^ 0x11);
+    let mut down = Faults::new(
+        cfg.down.clone(),
+        cfg.seed ^ plan.seed.wrapping_mul(5) ^ 0x22,
+    );
+    let mut delayed: BinaryHeap<Delayed> = BinaryHeap::new();
+    let mut tie = 0u64;
+    let mut client: Option<Box<Ws>> = None;
+    let mut opened_once = false;
+    let mut dial: Option<oneshot::Receiver<std::io::Result<TcpStream>>> = None;
+    let mut target: Option<OwnedReadHalf> = None;
+    let mut to_target: Option<mpsc::UnboundedSender<Bytes>> = None;
+    let (written_tx, mut written_rx) = mpsc::unbounded_channel::<usize>();
+    let mut paced_until: Option<Instant> = None;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut finished: Option<String> = None;
+
+    loop {
+        let now = Instant::now();
+        while let Some(ev) = agent.poll_event() {
+            match ev {
+                AgentEvent::Dial => dial = Some(spawn_dial(&plan.properties)),
+                AgentEvent::ToTarget(b) => {
+                    if let Some(tx) = &to_target {
+                        let _ = tx.send(b);
+                    }
+                }
+                AgentEvent::CloseTarget => {
+                    target = None;
+                    to_target = None;
+                }
+                AgentEvent::Finished(output) => finished = Some(output),
+            }
+        }
+        while let Some(frame) = agent.poll_transmit() {
+            for (delay, msg) in down.apply(frame) {
+                if delay.is_zero() {
+                    send(&mut client, msg).await;
+                } else {
+                    tie += 1;
+                    delayed.push(Reverse((now + delay, tie, false, msg)));
+                }
+            }
+        }
+        if let Some(output) = finished.take() {
+            if let Some(ws) = client.as_mut() {
+                let _ = ws
+                    .send(Message::binary(channel_closed(&plan, &output)))
+                    .await;
+                let _ = WebSocketStream::close(&mut **ws, None).await;
+            }
+            return;
+        }
+        let deadline = [
+            agent.poll_timeout().map(Instant::from_std),
+            delayed.peek().map(|d| d.0.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + Duration::from_secs(3600));
+        let can_read =
+            target.is_some() && agent.can_read_target() && paced_until.is_none_or(|t| t <= now);
+        tokio::select! {
+            a = attach.recv() => match a {
+                Some(Attach::Client(ws)) => {
+                    client = Some(ws);
+                    if opened_once {
+                        agent.handle_client_reconnect(now.into_std());
+                    } else {
+                        opened_once = true;
+                        agent.start(now.into_std());
+                    }
+                }
+                Some(Attach::Terminate) | None => {
+                    to_target = None;
+                    target = None;
+                    finished = Some(String::new());
+                }
+            },
+            msg = next_message(&mut client) => match msg {
+                Some(Ok(Message::Binary(b))) => deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, b),
+                Some(Ok(Message::Text(t))) => deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, Bytes::from(t)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => client = None,
+            },
+            res = wait_dial(&mut dial) => {
+                dial = None;
+                match res {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        let (r, w) = stream.into_split();
+                        target = Some(r);
+                        to_target = Some(spawn_writer(w, written_tx.clone()));
+                        agent.handle_target_connected();
+                    }
+                    Err(e) => agent.handle_target_failed(&e.to_string()),
+                }
+            },
+            n = read_target(&mut target, &mut buf), if can_read => match n {
+                Ok(0) | Err(_) => {
+                    target = None;
+                    agent.handle_target_eof(now.into_std());
+                }
+                Ok(n) => {
+                    agent.handle_target_data(now.into_std(), Bytes::copy_from_slice(&buf[..n]));
+                    if cfg.paced {
+                        // The real agent sleeps 1 ms after every read of up to 1 KiB (§11).
+                        paced_until = Some(now + Duration::from_millis(n.div_ceil(1024) as u64));
+                    }
+                }
+            },
+            Some(n) = written_rx.recv() => agent.handle_target_written(n),
+            _ = tokio::time::sleep_until(paced_until.filter(|t| *t > now).unwrap_or(deadline).min(deadline)) => {
+                let now = Instant::now();
+                agent.handle_timeout(now.into_std());
+                while delayed.peek().is_some_and(|d| d.0.0 <= now) {
+                    let Some(Reverse((_, _, to_agent, msg))) = delayed.pop() else { break };
+                    if to_agent {
+                        agent.handle_frame(now.into_std(), &msg);
+                    } else {
+                        send(&mut client, msg).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn deliver_up(
+    agent: &mut Agent,
+    up: &mut Faults,
+    delayed: &mut BinaryHeap<Delayed>,
+    tie: &mut u64,
+    now: Instant,
+    msg: Bytes,
+) {
+    for (delay, m) in up.apply(msg) {
+        if delay.is_zero() {
+            agent.handle_frame(now.into_std(), &m);
+        } else {
+            *tie += 1;
+            delayed.push(Reverse((now + delay, *tie, true, m)));
+        }
+    }
+}
+
+async fn send(client: &mut Option<Box<Ws>>, msg: Bytes) {
+    if let Some(ws) = client.as_mut()
+        && ws.send(Message::binary(msg)).await.is_err()
+    {
+        *client = None;
+    }
+}
+
+async fn next_message(
+    client: &mut Option<Box<Ws>>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match client.as_mut() {
+        Some(ws) => ws.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_dial(
+    dial: &mut Option<oneshot::Receiver<std::io::Result<TcpStream>>>,
+) -> std::io::Result<TcpStream> {
+    match dial.as_mut() {
+        Some(rx) => rx
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::Interrupted.into())),
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_target(target: &mut Option<OwnedReadHalf>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match target.as_mut() {
+        Some(r) => r.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Dials the destination: `host` if the document has one, else localhost (loopback only here).
+fn spawn_dial(properties: &Value) -> oneshot::Receiver<std::io::Result<TcpStream>> {
+    let port = properties
+        .get("portNumber")
+        .and_then(Value::as_str)
+        .and_then(|p| p.parse::<u16>().ok());
+    let host = match properties.get("host").and_then(Value::as_str) {
+        None | Some("" | "localhost") => "127.0.0.1".to_owned(),
+        Some(h) => h.to_owned(),
+    };
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let res = match port {
+            Some(port) => TcpStream::connect((host.as_str(), port)).await,
+            None => Err(std::io::Error::other(
+                "Port number is empty in session properties.",
+            )),
+        };
+        let _ = tx.send(res);
+    });
+    rx
+}
+
+fn spawn_writer(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    written: mpsc::UnboundedSender<usize>,
+) -> mpsc::UnboundedSender<Bytes> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if w.write_all(&b).await.is_err() {
+                break;
+            }
+            let _ = written.send(b.len());
+        }
+        let _ = w.shutdown().await;
+    });
+    tx
+}
+
+/// A service-style `channel_closed`: HL 112, NUL-padded type, no PayloadType (§3.3, §13.2 V8).
+pub fn channel_closed(plan: &SessionPlan, output: &str) -> Bytes {
+    let id = uuid::Uuid::new_v4();
+    let payload = json!({
+        "MessageType": "channel_closed",
+        "MessageId": id.to_string(),
+        "CreatedDate": "2026-01-01T00:00:00.000Z",
+        "DestinationId": plan.target,
+        "SessionId": plan.session_id,
+        "SchemaVersion": 1,
+        "Output": output,
+    })
+    .to_string();
+    let mut b = BytesMut::with_capacity(116 + payload.len());
+    b.put_u32(112);
+    b.put_slice(b"channel_closed");
+    b.put_bytes(0, 32 - "channel_closed".len());
+    b.put_u32(1);
+    b.put_u64(1_700_000_000_000);
+    b.put_i64(0);
+    b.put_u64(0);
+    b.put_slice(&id.as_bytes()[8..]);
+    b.put_slice(&id.as_bytes()[..8]);
+    b.put_slice(digest(&SHA256, payload.as_bytes()).as_ref());
+    b.put_u32(payload.len() as u32);
+    b.put_slice(payload.as_bytes());
+    b.freeze()
+}

@@ -1,0 +1,260 @@
+//! The simulator's service state: which targets exist, the sessions, their tokens, and the API
+//! operations on them. The websocket side lives in `gateway`, the agent in `agent`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::SimConfig;
+use super::api::ApiError;
+use super::gateway::{Attach, SessionPlan};
+
+/// A live session as the service knows it.
+struct Entry {
+    tokens: Vec<String>,
+    attach: mpsc::UnboundedSender<Attach>,
+    ended: bool,
+}
+
+/// Counters the tests read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SimStats {
+    /// StartSession calls that created a session.
+    pub started: u64,
+    /// TerminateSession calls.
+    pub terminated: u64,
+    /// ResumeSession calls that returned a token.
+    pub resumed: u64,
+    /// Data-channel websocket opens accepted (first opens and reconnects).
+    pub opens: u64,
+}
+
+/// Shared state of one simulator instance.
+pub struct Service {
+    config: SimConfig,
+    ws_base: String,
+    sessions: Mutex<HashMap<String, Entry>>,
+    started: AtomicU64,
+    terminated: AtomicU64,
+    resumed: AtomicU64,
+    pub(crate) opens: AtomicU64,
+    counter: AtomicU64,
+}
+
+impl Service {
+    /// A service whose stream URLs point at `ws_base` (e.g. `ws://127.0.0.1:1234`).
+    pub fn new(config: SimConfig, ws_base: String) -> Self {
+        Self {
+            config,
+            ws_base,
+            sessions: Mutex::new(HashMap::new()),
+            started: AtomicU64::new(0),
+            terminated: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            opens: AtomicU64::new(0),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stream_url(&self, session_id: &str) -> String {
+        format!(
+            "{}/v1/data-channel/{session_id}?role=publish_subscribe",
+            self.ws_base
+        )
+    }
+
+    fn token(&self) -> String {
+        format!("sim-token-{}", uuid::Uuid::new_v4().simple())
+    }
+
+    /// `StartSession`.
+    pub fn start_session(self: &std::sync::Arc<Self>, input: &Value) -> Result<Value, ApiError> {
+        let target = input
+            .get("Target")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if target.is_empty() || target.len() > 400 {
+            return Err(ApiError::client(
+                "ValidationException",
+                "1 validation error detected: Value at 'target' failed to satisfy constraint",
+            ));
+        }
+        if self.config.denied.iter().any(|t| t == target) {
+            return Err(ApiError {
+                status: hyper::StatusCode::BAD_REQUEST,
+                code: "AccessDeniedException",
+                message: format!(
+                    "User: arn:aws:iam::123456789012:user/sim is not authorized to perform: \
+                     ssm:StartSession on resource: arn:aws:ec2:us-east-1:123456789012:instance/{target}"
+                ),
+            });
+        }
+        if self.config.offline.iter().any(|t| t == target) || !looks_like_target(target) {
+            return Err(ApiError::client(
+                "TargetNotConnected",
+                format!("{target} is not connected."),
+            ));
+        }
+        let document = input
+            .get("DocumentName")
+            .and_then(Value::as_str)
+            .unwrap_or("SSM-SessionManagerRunShell");
+        let params = input.get("Parameters").cloned().unwrap_or(Value::Null);
+        let param = |name: &str| {
+            params
+                .get(name)
+                .and_then(|v| v.get(0))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let properties = match document {
+            "AWS-StartSSHSession" => json!({"portNumber": port_param(param("portNumber"), "22")?}),
+            "AWS-StartPortForwardingSession" => json!({
+                "portNumber": port_param(param("portNumber"), "80")?,
+                "type": "LocalPortForwarding",
+                "localPortNumber": param("localPortNumber").unwrap_or_else(|| "0".into()),
+            }),
+            "AWS-StartPortForwardingSessionToRemoteHost" => json!({
+                "portNumber": port_param(param("portNumber"), "80")?,
+                "type": "LocalPortForwarding",
+                "localPortNumber": param("localPortNumber").unwrap_or_else(|| "0".into()),
+                "host": param("host").unwrap_or_default(),
+            }),
+            other => {
+                return Err(ApiError::client(
+                    "InvalidDocument",
+                    format!("Document with name {other} does not exist."),
+                ));
+            }
+        };
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let session_id = format!(
+            "sim-{n:04}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let token = self.token();
+        let plan = SessionPlan {
+            session_id: session_id.clone(),
+            target: target.to_owned(),
+            properties,
+            seed: n,
+        };
+        let attach = super::gateway::spawn_session(plan, self.clone());
+        self.lock().insert(
+            session_id.clone(),
+            Entry {
+                tokens: vec![token.clone()],
+                attach,
+                ended: false,
+            },
+        );
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Ok(
+            json!({"SessionId": session_id, "TokenValue": token, "StreamUrl": self.stream_url(&session_id)}),
+        )
+    }
+
+    /// `ResumeSession`: a new token for a live session; no token once it has ended (§1.1).
+    pub fn resume_session(&self, input: &Value) -> Result<Value, ApiError> {
+        let id = input
+            .get("SessionId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let token = self.token();
+        let mut sessions = self.lock();
+        let entry = sessions.get_mut(id).ok_or_else(|| {
+            ApiError::client(
+                "DoesNotExistException",
+                format!("Session {id} does not exist"),
+            )
+        })?;
+        if entry.ended {
+            return Ok(json!({"SessionId": id}));
+        }
+        entry.tokens.push(token.clone());
+        self.resumed.fetch_add(1, Ordering::Relaxed);
+        Ok(json!({"SessionId": id, "TokenValue": token, "StreamUrl": self.stream_url(id)}))
+    }
+
+    /// `TerminateSession`: ends the session on both sides.
+    pub fn terminate_session(&self, input: &Value) -> Result<Value, ApiError> {
+        let id = input
+            .get("SessionId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(entry) = self.lock().get_mut(id) {
+            let _ = entry.attach.send(Attach::Terminate);
+            entry.ended = true;
+        }
+        self.terminated.fetch_add(1, Ordering::Relaxed);
+        Ok(json!({"SessionId": id}))
+    }
+
+    /// `DescribeInstanceInformation` (empty fleet for now).
+    pub fn describe_instances(&self, _input: &Value) -> Result<Value, ApiError> {
+        Ok(json!({"InstanceInformationList": []}))
+    }
+
+    /// Hands an opened websocket to its session if the token is valid for it.
+    pub fn attach(&self, session_id: &str, token: &str, conn: Attach) -> bool {
+        let sessions = self.lock();
+        match sessions.get(session_id) {
+            Some(e) if !e.ended && e.tokens.iter().any(|t| t == token) => {
+                e.attach.send(conn).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// Called by the session task when the session is over.
+    pub fn mark_ended(&self, session_id: &str) {
+        if let Some(e) = self.lock().get_mut(session_id) {
+            e.ended = true;
+        }
+    }
+
+    /// Sessions started and not yet over.
+    pub fn active_sessions(&self) -> usize {
+        self.lock().values().filter(|e| !e.ended).count()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SimStats {
+        SimStats {
+            started: self.started.load(Ordering::Relaxed),
+            terminated: self.terminated.load(Ordering::Relaxed),
+            resumed: self.resumed.load(Ordering::Relaxed),
+            opens: self.opens.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn looks_like_target(t: &str) -> bool {
+    let hex = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit());
+    t.strip_prefix("i-")
+        .or_else(|| t.strip_prefix("mi-"))
+        .is_some_and(hex)
+}
+
+fn port_param(value: Option<String>, default: &str) -> Result<String, ApiError> {
+    let v = value.unwrap_or_else(|| default.to_owned());
+    match v.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(v),
+        _ => Err(ApiError::client(
+            "InvalidParameters",
+            format!("Parameter \"portNumber\" value \"{v}\" does not match the allowed pattern"),
+        )),
+    }
+}

@@ -1,0 +1,401 @@
+//! Drives one [`Session`] over a websocket for its whole life: the `select!` loop that feeds the
+//! sans-IO core (quinn's `ConnectionDriver`), websocket pings and liveness, and reconnection
+//! through ResumeSession that keeps every sequence number and unacked message (§10).
+//!
+//! The local side is two channels, so every front-end (stdio relay, TCP forward, smux, shell)
+//! uses the same driver: `input` closing means local EOF, `output` closing means the local
+//! reader is gone.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::SplitStream;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::websocket::{self, Ws};
+use crate::aws::{Aws, AwsError, SessionGrant};
+use crate::proto::{Event, Session, SessionConfig, SessionKind};
+
+/// Tunables of the driver.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Session tunables.
+    pub session: SessionConfig,
+    /// How long to keep trying to resume a lost websocket.
+    pub resume_timeout: Duration,
+    /// Websocket ping interval (the official 5 min is too long for NATs and proxies, §2.4).
+    pub ping_interval: Duration,
+    /// Silence after which the websocket is presumed dead.
+    pub dead_after: Duration,
+    /// After local EOF, how long the remote may stay silent before we end the session.
+    pub eof_quiet: Duration,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            session: SessionConfig::default(),
+            resume_timeout: Duration::from_secs(300),
+            ping_interval: Duration::from_secs(10),
+            dead_after: Duration::from_secs(30),
+            eof_quiet: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The local ends of the relayed byte stream.
+pub struct Local {
+    /// Bytes to send; the channel closing is local EOF.
+    pub input: mpsc::Receiver<Bytes>,
+    /// Bytes received; a send failing means the local reader is gone.
+    pub output: mpsc::Sender<Bytes>,
+}
+
+/// Why a session ended without an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The service sent channel_closed with an empty Output.
+    Closed,
+    /// Local input ended and the remote went quiet; we terminated the session.
+    LocalEof,
+    /// The local reader went away (EPIPE); we terminated the session.
+    LocalGone,
+    /// A signal asked us to stop; we terminated the session.
+    Signal(i32),
+}
+
+/// The result of a session.
+#[derive(Debug)]
+pub struct Outcome {
+    /// How it ended.
+    pub end: End,
+    /// Exit status reported by the agent (command sessions).
+    pub exit_code: Option<i32>,
+}
+
+/// A session failure; its text is the one line the user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    /// A control-plane call failed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// The service closed the channel with a reason.
+    #[error("session closed by the service: {0}")]
+    ClosedWithError(String),
+    /// The handshake did not complete or was refused.
+    #[error("{0}: check that the SSM agent on the target is up to date and running")]
+    Handshake(String),
+    /// The data channel could not be opened.
+    #[error(
+        "could not open the data channel to {url}: {detail}: check the network and proxy settings"
+    )]
+    Dial {
+        /// Stream URL (without query).
+        url: String,
+        /// Cause.
+        detail: String,
+    },
+    /// Resuming failed for longer than allowed.
+    #[error("connection lost and not resumed within {0} s: {1}")]
+    ResumeTimeout(u64, String),
+    /// The session no longer exists on the service.
+    #[error("the session ended while disconnected (ResumeSession returned no token)")]
+    Gone,
+}
+
+/// One session's live state.
+pub struct Driver {
+    aws: Aws,
+    grant: SessionGrant,
+    client_id: String,
+    config: DriverConfig,
+    session: Session,
+    writer: mpsc::UnboundedSender<Message>,
+    reader: SplitStream<Ws>,
+    last_heard: Instant,
+    exit_code: Option<i32>,
+    resumes: u32,
+}
+
+impl Driver {
+    /// Opens the data channel for a freshly started session (retrying the same token briefly,
+    /// as the official client does, §10 step 1).
+    pub async fn connect(
+        aws: Aws,
+        grant: SessionGrant,
+        mut config: DriverConfig,
+    ) -> Result<Self, DriveError> {
+        let client_id = uuid::Uuid::new_v4().to_string();
+        let mut attempt = 0;
+        let ws = loop {
+            match websocket::open(&grant.stream_url, &grant.token, &client_id).await {
+                Ok(ws) => break ws,
+                Err(e) if attempt >= 3 => {
+                    let url = grant
+                        .stream_url
+                        .split('?')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    return Err(DriveError::Dial {
+                        url,
+                        detail: format!("{e:#}"),
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), attempt, "data channel open failed; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        };
+        let now = Instant::now();
+        config.session.unix_ms_at_start = unix_ms();
+        config.session.seed = random_seed();
+        let session = Session::new(config.session.clone(), now.into_std());
+        let (writer, reader) = split(ws);
+        Ok(Self {
+            aws,
+            grant,
+            client_id,
+            config,
+            session,
+            writer,
+            reader,
+            last_heard: now,
+            exit_code: None,
+            resumes: 0,
+        })
+    }
+
+    /// Session id.
+    pub fn session_id(&self) -> &str {
+        &self.grant.session_id
+    }
+
+    /// Successful ResumeSession reconnects so far.
+    pub fn resumes(&self) -> u32 {
+        self.resumes
+    }
+
+    /// Runs the session until it ends. `ready` learns the session kind when the handshake is
+    /// over; `signals` delivers signal numbers that should end the session.
+    pub async fn run(
+        &mut self,
+        mut local: Local,
+        mut ready: Option<oneshot::Sender<SessionKind>>,
+        signals: &mut mpsc::Receiver<i32>,
+    ) -> Result<Outcome, DriveError> {
+        let mut input_open = true;
+        let mut eof_quiet_until: Option<Instant> = None;
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.flush();
+            while let Some(ev) = self.session.poll_event() {
+                match ev {
+                    Event::Ready {
+                        kind,
+                        agent_version,
+                    } => {
+                        tracing::info!(?kind, %agent_version, "session ready");
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(kind);
+                        }
+                    }
+                    Event::Notice(text) => tracing::warn!("{text}"),
+                    Event::Stderr(bytes) => eprint!("{}", String::from_utf8_lossy(&bytes)),
+                    Event::ExitCode(code) => self.exit_code = Some(code),
+                    Event::Flag(3) => {
+                        tracing::warn!("the agent could not connect to the destination port")
+                    }
+                    Event::Flag(f) => tracing::debug!(flag = f, "flag from agent"),
+                    Event::Closed { output } if output.is_empty() => {
+                        return Ok(self.outcome(End::Closed));
+                    }
+                    Event::Closed { output } => return Err(DriveError::ClosedWithError(output)),
+                    Event::Failed(why) => return Err(DriveError::Handshake(why)),
+                }
+            }
+            let now = Instant::now();
+            if !input_open && self.session.all_acked() && self.session.pending_output() == 0 {
+                let quiet = *eof_quiet_until.get_or_insert(now + self.config.eof_quiet);
+                if now >= quiet {
+                    return Ok(self.finish(End::LocalEof).await);
+                }
+            }
+            let timer = [
+                self.session.poll_timeout().map(Instant::from_std),
+                eof_quiet_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_secs(3600));
+            let accept = input_open && self.session.can_accept_input();
+            let has_output = self.session.pending_output() > 0;
+            tokio::select! {
+                msg = self.reader.next() => match msg {
+                    Some(Ok(Message::Binary(b))) => self.heard(b),
+                    Some(Ok(Message::Text(t))) => self.heard(Bytes::from(t)),
+                    Some(Ok(Message::Close(frame))) => {
+                        tracing::info!(?frame, "websocket closed by the service");
+                        self.resume().await?;
+                    }
+                    Some(Ok(_)) => self.last_heard = Instant::now(),
+                    Some(Err(e)) => {
+                        tracing::info!(error = %e, "websocket lost");
+                        self.resume().await?;
+                    }
+                    None => {
+                        tracing::info!("websocket ended");
+                        self.resume().await?;
+                    }
+                },
+                data = local.input.recv(), if accept => match data {
+                    Some(b) => {
+                        eof_quiet_until = None;
+                        self.session.handle_input(Instant::now().into_std(), b);
+                    }
+                    None => input_open = false,
+                },
+                permit = local.output.reserve(), if has_output => match permit {
+                    Ok(permit) => {
+                        if let Some(out) = self.session.poll_output(64 * 1024) {
+                            eof_quiet_until = None;
+                            permit.send(out);
+                        }
+                    }
+                    Err(_) => return Ok(self.finish(End::LocalGone).await),
+                },
+                _ = tokio::time::sleep_until(timer) => self.session.handle_timeout(Instant::now().into_std()),
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > self.config.dead_after {
+                        tracing::info!("no traffic from the service for {:?}; reconnecting", self.config.dead_after);
+                        self.resume().await?;
+                    } else {
+                        let _ = self.writer.send(Message::Ping(Bytes::from_static(b"keepalive")));
+                    }
+                }
+                sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
+            }
+        }
+    }
+
+    fn heard(&mut self, frame: Bytes) {
+        self.last_heard = Instant::now();
+        self.session.handle_frame(self.last_heard.into_std(), frame);
+    }
+
+    fn flush(&mut self) {
+        while let Some(frame) = self.session.poll_transmit() {
+            let _ = self.writer.send(Message::Binary(frame));
+        }
+    }
+
+    fn outcome(&self, end: End) -> Outcome {
+        Outcome {
+            end,
+            exit_code: self.exit_code,
+        }
+    }
+
+    /// Ends the session from our side: TerminateSession flag on the channel and the API call,
+    /// so nothing is left running on the service (§9.2).
+    async fn finish(&mut self, end: End) -> Outcome {
+        self.session.terminate(Instant::now().into_std());
+        self.flush();
+        if let Err(e) = self.aws.terminate_session(&self.grant.session_id).await {
+            tracing::debug!(error = %e, "TerminateSession failed");
+        }
+        self.outcome(end)
+    }
+
+    /// Replaces a lost websocket: ResumeSession (fresh credentials come from the provider chain
+    /// on every call), dial the returned URL, resend everything unacked.
+    async fn resume(&mut self) -> Result<(), DriveError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut last_error = String::from("no attempt made");
+        while started.elapsed() < self.config.resume_timeout {
+            match self.aws.resume_session(&self.grant.session_id).await {
+                Ok(Some(grant)) => {
+                    if !grant.stream_url.is_empty() {
+                        self.grant.stream_url = grant.stream_url;
+                    }
+                    self.grant.token = grant.token;
+                    match websocket::open(
+                        &self.grant.stream_url,
+                        &self.grant.token,
+                        &self.client_id,
+                    )
+                    .await
+                    {
+                        Ok(ws) => {
+                            let (writer, reader) = split(ws);
+                            self.writer = writer;
+                            self.reader = reader;
+                            self.last_heard = Instant::now();
+                            self.session.handle_reconnect(self.last_heard.into_std());
+                            self.resumes += 1;
+                            tracing::info!(after = ?started.elapsed(), "data channel resumed");
+                            return Ok(());
+                        }
+                        Err(e) => last_error = format!("{e:#}"),
+                    }
+                }
+                Ok(None) => return Err(DriveError::Gone),
+                Err(e) if !e.is_transient() => return Err(e.into()),
+                Err(e) => last_error = e.to_string(),
+            }
+            tracing::info!(error = %last_error, retry_in = ?backoff, "resume failed");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        Err(DriveError::ResumeTimeout(
+            self.config.resume_timeout.as_secs(),
+            last_error,
+        ))
+    }
+}
+
+/// Splits a websocket into a writer task (batched sends) and the read half.
+fn split(ws: Ws) -> (mpsc::UnboundedSender<Message>, SplitStream<Ws>) {
+    let (mut sink, stream) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if sink.feed(msg).await.is_err() {
+                return;
+            }
+            while let Ok(msg) = rx.try_recv() {
+                if sink.feed(msg).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    (tx, stream)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+}
+
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // aws-lc-rs is already linked for TLS; its RNG failing is not recoverable in any useful way,
+    // and a fixed seed only makes message ids predictable, not wrong.
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    u64::from_le_bytes(b)
+}

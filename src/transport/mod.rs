@@ -1,0 +1,8 @@
+//! Moving a session's frames: the websocket, the driver that owns a session across reconnects,
+//! and stdio as a local byte stream.
+
+pub mod driver;
+pub mod stdio;
+pub mod websocket;
+
+pub use driver::{DriveError, Driver, DriverConfig, End, Local, Outcome};

@@ -1,0 +1,264 @@
+//! The client state machine driven by hand-made agent frames on a fake clock: handshake, acks,
+//! ordering, duplicates, retransmission, flow control and close (protocol.md §4, §5, §7, §9).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::json;
+use ssm_proxy::proto::frame::{Frame, MessageType, ptype};
+use ssm_proxy::proto::payload::Acknowledge;
+use ssm_proxy::proto::{Event, Session, SessionConfig, SessionKind};
+
+fn agent_frame(seq: i64, pt: u32, payload: impl Into<Bytes>) -> Bytes {
+    Frame {
+        message_type: MessageType::OutputStreamData,
+        schema_version: 1,
+        created_date: 1,
+        sequence: seq,
+        flags: u64::from(seq == 0),
+        message_id: uuid::Uuid::from_u128(seq as u128 + 1),
+        payload_type: pt,
+        payload: payload.into(),
+    }
+    .encode()
+}
+
+fn ack_of(seq: i64) -> Bytes {
+    let body = json!({"AcknowledgedMessageType":"input_stream_data","AcknowledgedMessageId":"x",
+        "AcknowledgedMessageSequenceNumber": seq, "IsSequentialMessage": true});
+    Frame {
+        message_type: MessageType::Acknowledge,
+        schema_version: 1,
+        created_date: 1,
+        sequence: 0,
+        flags: 3,
+        message_id: uuid::Uuid::nil(),
+        payload_type: 0,
+        payload: body.to_string().into(),
+    }
+    .encode()
+}
+
+const REQUEST: &str = r#"{"AgentVersion":"3.3.987.0","RequestedClientActions":[{"ActionType":"SessionType","ActionParameters":{"SessionType":"Port","Properties":{"portNumber":"22"}}}]}"#;
+
+/// Everything the session wants to send, decoded.
+fn sent(s: &mut Session) -> Vec<Frame> {
+    std::iter::from_fn(|| s.poll_transmit())
+        .map(|b| Frame::decode(&b).expect("valid frame"))
+        .collect()
+}
+
+fn acked(frames: &[Frame]) -> Vec<i64> {
+    frames
+        .iter()
+        .filter(|f| f.message_type == MessageType::Acknowledge)
+        .map(|f| {
+            serde_json::from_slice::<Acknowledge>(&f.payload)
+                .unwrap()
+                .acknowledged_message_sequence_number
+        })
+        .collect()
+}
+
+fn events(s: &mut Session) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+fn ready_session(t0: Instant) -> Session {
+    let mut s = Session::new(SessionConfig::default(), t0);
+    s.handle_frame(t0, agent_frame(0, ptype::HANDSHAKE_REQUEST, REQUEST));
+    s.handle_frame(
+        t0,
+        agent_frame(
+            1,
+            ptype::HANDSHAKE_COMPLETE,
+            r#"{"HandshakeTimeToComplete":1,"CustomerMessage":""}"#,
+        ),
+    );
+    s.handle_frame(t0, ack_of(0));
+    sent(&mut s);
+    events(&mut s);
+    s
+}
+
+#[test]
+fn handshake_is_acked_answered_once_and_gates_input() {
+    let t0 = Instant::now();
+    let mut s = Session::new(SessionConfig::default(), t0);
+    assert!(!s.can_accept_input());
+    s.handle_frame(t0, agent_frame(0, ptype::HANDSHAKE_REQUEST, REQUEST));
+    let out = sent(&mut s);
+    assert_eq!(acked(&out), [0]);
+    let resp: Vec<_> = out
+        .iter()
+        .filter(|f| f.payload_type == ptype::HANDSHAKE_RESPONSE)
+        .collect();
+    assert_eq!(resp.len(), 1);
+    assert_eq!(resp[0].sequence, 0);
+    assert!(
+        std::str::from_utf8(&resp[0].payload)
+            .unwrap()
+            .contains(r#""ClientVersion":"1.2.707.0""#)
+    );
+    assert!(!s.can_accept_input(), "no data before HandshakeComplete");
+    // A retransmitted request is re-acked, never answered again.
+    s.handle_frame(t0, agent_frame(0, ptype::HANDSHAKE_REQUEST, REQUEST));
+    let out = sent(&mut s);
+    assert_eq!(acked(&out), [0]);
+    assert!(
+        out.iter()
+            .all(|f| f.payload_type != ptype::HANDSHAKE_RESPONSE)
+    );
+    s.handle_frame(
+        t0,
+        agent_frame(
+            1,
+            ptype::HANDSHAKE_COMPLETE,
+            r#"{"HandshakeTimeToComplete":1,"CustomerMessage":"hi"}"#,
+        ),
+    );
+    assert_eq!(acked(&sent(&mut s)), [1]);
+    let ev = events(&mut s);
+    assert!(ev.contains(&Event::Notice("hi".into())));
+    assert!(ev.contains(&Event::Ready {
+        kind: SessionKind::Stream,
+        agent_version: "3.3.987.0".into()
+    }));
+    assert!(s.can_accept_input());
+}
+
+#[test]
+fn out_of_order_output_is_acked_buffered_and_delivered_in_order_once() {
+    let t0 = Instant::now();
+    let mut s = ready_session(t0);
+    s.handle_frame(t0, agent_frame(4, ptype::OUTPUT, "d"));
+    s.handle_frame(t0, agent_frame(3, ptype::OUTPUT, "c"));
+    assert_eq!(s.poll_output(1 << 16), None);
+    s.handle_frame(t0, agent_frame(2, ptype::OUTPUT, "b"));
+    s.handle_frame(t0, agent_frame(3, ptype::OUTPUT, "c")); // duplicate
+    assert_eq!(acked(&sent(&mut s)), [4, 3, 2, 3]);
+    assert_eq!(s.poll_output(1 << 16).as_deref(), Some(&b"bcd"[..]));
+    assert_eq!(s.stats().duplicates, 1);
+}
+
+#[test]
+fn unacked_input_is_retransmitted_after_the_rto_and_not_after_the_ack() {
+    let t0 = Instant::now();
+    let mut s = ready_session(t0);
+    s.handle_input(t0, Bytes::from(vec![7u8; 2500]));
+    let first = sent(&mut s);
+    assert_eq!(
+        first.iter().map(|f| f.payload.len()).collect::<Vec<_>>(),
+        [1024, 1024, 452]
+    );
+    assert_eq!(
+        first.iter().map(|f| f.sequence).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let due = s.poll_timeout().expect("retransmission timer");
+    s.handle_frame(t0, ack_of(2));
+    s.handle_timeout(due - Duration::from_millis(1));
+    assert!(sent(&mut s).is_empty());
+    s.handle_timeout(due);
+    assert_eq!(
+        sent(&mut s).iter().map(|f| f.sequence).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    s.handle_frame(due, ack_of(1));
+    s.handle_frame(due, ack_of(3));
+    assert!(s.all_acked());
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn a_slow_reader_leaves_new_output_unacked_instead_of_growing() {
+    let t0 = Instant::now();
+    let cfg = SessionConfig {
+        output_limit: 2048,
+        ..Default::default()
+    };
+    let mut s = Session::new(cfg, t0);
+    s.handle_frame(t0, agent_frame(0, ptype::HANDSHAKE_REQUEST, REQUEST));
+    s.handle_frame(t0, agent_frame(1, ptype::HANDSHAKE_COMPLETE, "{}"));
+    sent(&mut s);
+    for seq in 2..6 {
+        s.handle_frame(t0, agent_frame(seq, ptype::OUTPUT, vec![1u8; 1024]));
+    }
+    // 4 is refused (left unacked); 5 is ahead of order, so it is buffered within the reorder limit.
+    assert_eq!(acked(&sent(&mut s)), [2, 3, 5]);
+    assert_eq!(s.pending_output(), 2048);
+    assert_eq!(s.stats().refused, 1);
+    assert_eq!(s.poll_output(1 << 16).map(|b| b.len()), Some(2048));
+    s.handle_frame(t0, agent_frame(4, ptype::OUTPUT, vec![1u8; 1024])); // the agent resends
+    assert_eq!(acked(&sent(&mut s)), [4]);
+    assert_eq!(s.pending_output(), 2048);
+}
+
+#[test]
+fn pause_publication_holds_input_until_start_or_watchdog() {
+    let t0 = Instant::now();
+    let mut s = ready_session(t0);
+    let pause = Frame {
+        message_type: MessageType::PausePublication,
+        schema_version: 0,
+        created_date: 0,
+        sequence: 0,
+        flags: 0,
+        message_id: uuid::Uuid::nil(),
+        payload_type: 0,
+        payload: Bytes::new(),
+    };
+    s.handle_frame(t0, pause.encode());
+    assert!(!s.can_accept_input());
+    s.handle_frame(
+        t0,
+        Frame {
+            message_type: MessageType::StartPublication,
+            ..pause.clone()
+        }
+        .encode(),
+    );
+    assert!(s.can_accept_input());
+    s.handle_frame(t0, pause.encode());
+    let watchdog = s.poll_timeout().expect("watchdog");
+    s.handle_timeout(watchdog);
+    assert!(s.can_accept_input());
+}
+
+#[test]
+fn corrupted_frames_are_dropped_without_ack_and_channel_closed_ends_it() {
+    let t0 = Instant::now();
+    let mut s = ready_session(t0);
+    let mut bad = agent_frame(2, ptype::OUTPUT, "x").to_vec();
+    *bad.last_mut().unwrap() ^= 1;
+    s.handle_frame(t0, Bytes::from(bad));
+    assert!(sent(&mut s).is_empty());
+    assert_eq!(s.stats().bad_frames, 1);
+    let closed = Frame {
+        message_type: MessageType::ChannelClosed,
+        schema_version: 1,
+        created_date: 1,
+        sequence: 0,
+        flags: 0,
+        message_id: uuid::Uuid::nil(),
+        payload_type: 0,
+        payload: Bytes::from(r#"{"Output":"Session terminated by admin"}"#),
+    };
+    s.handle_frame(t0, closed.encode());
+    assert!(sent(&mut s).is_empty(), "channel_closed is never acked");
+    assert_eq!(
+        events(&mut s),
+        [Event::Closed {
+            output: "Session terminated by admin".into()
+        }]
+    );
+}
+
+#[test]
+fn no_handshake_within_the_deadline_fails() {
+    let t0 = Instant::now();
+    let mut s = Session::new(SessionConfig::default(), t0);
+    let deadline = s.poll_timeout().expect("ready deadline");
+    s.handle_timeout(deadline);
+    assert!(matches!(events(&mut s).as_slice(), [Event::Failed(_)]));
+}

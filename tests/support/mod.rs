@@ -1,0 +1,379 @@
+//! Shared helpers for the end-to-end tests: bounded process execution, temporary directories,
+//! deterministic test data, SHA-256 digests and a fixture that pairs the in-process simulator
+//! with a real OpenSSH `sshd`.
+//!
+//! Every wait in here is bounded: a hung child is killed (with its whole process group, so a
+//! ProxyCommand spawned by `ssh` goes too) and the test fails with whatever output it produced.
+
+pub mod sshd;
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ssm_proxy::sim::{Sim, SimConfig};
+
+pub use sshd::Sshd;
+
+/// The instance id every test connects to; the simulator's agent dials `127.0.0.1:PORT`.
+pub const TARGET: &str = "i-0123456789abcdef0";
+
+/// Path of the binary under test.
+pub fn proxy_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ssm-proxy"))
+}
+
+/// A directory under the system temp dir, removed (recursively) on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a fresh, uniquely named directory; `tag` makes leftovers easy to attribute.
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "ssm-proxy-test-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `self.path().join(rel)`.
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Sends `signal` (e.g. "KILL", "TERM") to the process group led by `pid`.
+fn kill_group(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{pid}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Sends `signal` to the single process `pid`.
+pub fn kill_pid(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Spawns `cmd` as the leader of a new process group so that a timeout can kill everything it
+/// started (ssh's ProxyCommand included).
+pub fn spawn_group(cmd: &mut Command) -> Child {
+    cmd.process_group(0);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
+}
+
+/// Kills a child's process group when dropped; for long-running children such as `ssh -N -L`.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            kill_group(self.0.id(), "KILL");
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits at most `secs` seconds for `child` to exit. On timeout the process group is killed and
+/// `None` is returned.
+pub fn wait_bounded(child: &mut Child, secs: u64) -> Option<ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            kill_group(child.id(), "KILL");
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads a pipe to its end on a background thread.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Runs `cmd` capturing stdout and stderr (stdin as the caller set it; the command builders use
+/// /dev/null); kills it and fails the test if it has not finished within `secs` seconds.
+pub fn run_with_timeout(cmd: &mut Command, secs: u64) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = spawn_group(cmd);
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let status = wait_bounded(&mut child, secs);
+    // Kill stragglers that still hold the pipes (e.g. a ProxyCommand that outlived ssh) so the
+    // readers finish; the group leader has exited, so this only reaches leftovers.
+    let reap_deadline = Instant::now() + Duration::from_secs(5);
+    while !(out.is_finished() && err.is_finished()) {
+        if Instant::now() >= reap_deadline {
+            kill_group(child.id(), "KILL");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let stdout = out.join().expect("stdout reader");
+    let stderr = err.join().expect("stderr reader");
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "timed out after {secs}s: {cmd:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// Like [`run_with_timeout`], but also asserts exit status 0 (showing stderr if not).
+pub fn run_ok(cmd: &mut Command, secs: u64) -> Output {
+    let out = run_with_timeout(cmd, secs);
+    assert!(
+        out.status.success(),
+        "command failed ({}): {cmd:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Incremental SHA-256 (hex digest), for data that streams through a pipe.
+pub struct Sha256(aws_lc_rs::digest::Context);
+
+impl Sha256 {
+    /// A fresh digest.
+    pub fn new() -> Sha256 {
+        Sha256(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The hex digest.
+    pub fn finish(self) -> String {
+        hex(self.0.finish().as_ref())
+    }
+}
+
+/// SHA-256 of `data`, hex.
+pub fn sha256(data: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(data);
+    h.finish()
+}
+
+/// SHA-256 of a file's contents, hex, read in chunks.
+pub fn sha256_file(path: &Path) -> String {
+    let mut file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read");
+        if n == 0 {
+            return h.finish();
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*): test data that is incompressible yet
+/// reproducible from its seed.
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator; any seed works (zero is remapped).
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// `len` deterministic random bytes from `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    XorShift::new(seed).fill(&mut buf);
+    buf
+}
+
+/// Writes `len` deterministic random bytes to `path` in 1 MiB chunks; returns their SHA-256.
+pub fn write_random_file(path: &Path, len: u64, seed: u64) -> String {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).expect("create parent dir");
+    }
+    let mut file = io::BufWriter::new(File::create(path).expect("create file"));
+    let mut rng = XorShift::new(seed);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill(&mut buf[..n]);
+        file.write_all(&buf[..n]).expect("write");
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    file.flush().expect("flush");
+    h.finish()
+}
+
+/// Relative path -> SHA-256 for every regular file under `root`, sorted by path.
+pub fn tree_digest(root: &Path) -> Vec<(String, String)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).expect("prefix");
+                out.push((rel.to_string_lossy().into_owned(), sha256_file(&path)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// Polls `cond` every 20 ms for at most `secs` seconds; returns whether it became true.
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Applies a child environment: drops every inherited `AWS_*` variable (so a developer's
+/// profile or region cannot leak in), then sets `env`.
+pub fn apply_env<'a>(cmd: &'a mut Command, env: &[(String, String)]) -> &'a mut Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+}
+
+/// A simulator plus a real sshd plus an isolated HOME: everything one ssh-level test needs.
+pub struct Fixture {
+    /// The in-process SSM simulator (fields drop in order: sim stops before sshd).
+    pub sim: Sim,
+    /// The OpenSSH server the simulator's agent dials.
+    pub sshd: Sshd,
+    /// HOME for client processes (ssh, scp, rsync, git).
+    pub home: TempDir,
+}
+
+impl Fixture {
+    /// Starts a default simulator and an sshd.
+    pub fn new() -> Fixture {
+        let sim = Sim::start(SimConfig::default()).expect("start simulator");
+        Fixture {
+            sim,
+            sshd: Sshd::start(),
+            home: TempDir::new("home"),
+        }
+    }
+
+    /// Environment for client processes: the simulator's AWS variables, an isolated HOME and
+    /// a git setup that ignores the machine's global configuration.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.sim.env();
+        env.push(("HOME".into(), self.home.path().display().to_string()));
+        env.push(("GIT_CONFIG_NOSYSTEM".into(), "1".into()));
+        env
+    }
+
+    /// `ssh USER@TARGET` through the proxy, with the fixture's environment.
+    pub fn ssh(&self) -> Command {
+        self.sshd.ssh_cmd(proxy_bin(), &self.env())
+    }
+
+    /// Asserts that every session the simulator started has ended (bounded wait), i.e. the
+    /// proxy left no orphaned session behind.
+    pub fn assert_no_sessions(&self) {
+        let sim = &self.sim;
+        if !wait_until(10, || sim.active_sessions() == 0) {
+            let stats = sim.stats();
+            panic!(
+                "orphaned sessions: {} still active (started {}, terminated {}, resumed {})",
+                sim.active_sessions(),
+                stats.started,
+                stats.terminated,
+                stats.resumed
+            );
+        }
+    }
+}
