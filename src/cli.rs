@@ -55,6 +55,10 @@ pub struct Cli {
     #[arg(long, default_value_t = 1024, value_name = "BYTES", hide = true)]
     pub max_payload: usize,
 
+    /// Seconds of silence after which the websocket is presumed dead and resumed.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", hide = true)]
+    pub dead_after: u64,
+
     #[allow(missing_docs)]
     #[command(flatten)]
     pub aws: AwsArgs,
@@ -129,6 +133,12 @@ pub struct SimArgs {
     /// Faults on agent → client frames.
     #[arg(long, value_name = "FAULTS", default_value = "")]
     pub faults_down: String,
+
+    /// When to kill the client's websocket: after-bytes=N, after=MSms, clean (close 1000 "Bye"
+    /// instead of a TCP reset), handshake (right after the HandshakeRequest), max=N, blackhole
+    /// (stop relaying instead of closing).
+    #[arg(long, value_name = "DROPS", default_value = "")]
+    pub drops: String,
 
     /// Pace the agent like the real one (1 KiB reads with a 1 ms sleep).
     #[arg(long)]

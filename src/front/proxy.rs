@@ -45,6 +45,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             ..Default::default()
         },
         resume_timeout: Duration::from_secs(cli.resume_timeout),
+        dead_after: Duration::from_secs(cli.dead_after.max(1)),
+        ping_interval: Duration::from_secs(cli.dead_after.clamp(1, 30)) / 3,
         ..Default::default()
     };
     let span = tracing::info_span!("session", id = %session_id, %target);

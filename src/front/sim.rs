@@ -15,6 +15,8 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
         denied: args.deny,
         up: parse(&args.faults_up, "up")?,
         down: parse(&args.faults_down, "down")?,
+        drops: crate::sim::DropPlan::parse(&args.drops)
+            .map_err(|e| anyhow::anyhow!("--drops: {e}"))?,
         paced: args.paced,
         seed: args.seed,
         ..Default::default()

@@ -134,9 +134,9 @@ mod tests {
         o.resend_due(t0 + Duration::from_millis(200), &mut out);
         assert_eq!(out, [Bytes::from_static(b"a")]);
         assert!(o.on_ack(t0 + Duration::from_millis(290), 1));
-        assert_eq!(o.rtt().rtt(), Duration::from_millis(105)); // sample 140 ms
+        assert_eq!(o.rtt().rtt(), Duration::from_millis(140)); // first sample: 140 ms
         assert!(o.on_ack(t0 + Duration::from_millis(300), 0));
-        assert_eq!(o.rtt().rtt(), Duration::from_millis(105)); // retransmitted: no sample
+        assert_eq!(o.rtt().rtt(), Duration::from_millis(140)); // retransmitted: no sample
         assert!(!o.on_ack(t0, 0));
         assert_eq!(o.unacked_bytes(), 0);
     }

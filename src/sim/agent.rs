@@ -98,6 +98,8 @@ pub struct Agent {
     held: BTreeMap<i64, Frame>,
     target_up: bool,
     target_backlog: usize,
+    /// Acked data that arrived out of order before the destination was connected.
+    before_dial: Vec<Bytes>,
     paused: bool,
     client_version: String,
     transmit: VecDeque<Bytes>,
@@ -120,6 +122,7 @@ impl Agent {
             held: BTreeMap::new(),
             target_up: false,
             target_backlog: 0,
+            before_dial: Vec::new(),
             paused: false,
             client_version: String::new(),
             transmit: VecDeque::new(),
@@ -184,19 +187,21 @@ impl Agent {
             }
             return;
         }
-        if !self.take(now, &frame) {
+        if !self.take(now, &frame, false) {
             return; // not ready: no ack, the client retransmits
         }
         self.ack(now, &frame);
         self.expected += 1;
+        // Held messages were acked when they arrived: they must be delivered whatever the backlog.
         while let Some(next) = self.held.remove(&self.expected) {
-            self.take(now, &next);
+            self.take(now, &next, true);
             self.expected += 1;
         }
     }
 
-    /// Processes one in-order client message; false means "handler not ready".
-    fn take(&mut self, now: Instant, frame: &Frame) -> bool {
+    /// Processes one in-order client message; false means "handler not ready". `acked` messages
+    /// were already acknowledged and are taken even over the backlog limit.
+    fn take(&mut self, now: Instant, frame: &Frame, acked: bool) -> bool {
         match (self.phase, frame.payload_type) {
             (Phase::AwaitResponse(_), ptype::HANDSHAKE_RESPONSE) => {
                 let resp: HandshakeResponse =
@@ -224,8 +229,13 @@ impl Agent {
             // §4.3: data before the handshake is over is acked and discarded.
             (Phase::AwaitResponse(_) | Phase::Idle, _) => true,
             (Phase::Running, ptype::OUTPUT) => {
-                if !self.target_up || self.target_backlog >= self.config.target_backlog_limit {
+                let full = self.target_backlog >= self.config.target_backlog_limit;
+                if !acked && (!self.target_up || full) {
                     return false;
+                }
+                if !self.target_up {
+                    self.before_dial.push(frame.payload.clone());
+                    return true;
                 }
                 self.target_backlog += frame.payload.len();
                 self.events
@@ -272,6 +282,10 @@ impl Agent {
     /// The destination connection is established.
     pub fn handle_target_connected(&mut self) {
         self.target_up = true;
+        for data in std::mem::take(&mut self.before_dial) {
+            self.target_backlog += data.len();
+            self.events.push_back(AgentEvent::ToTarget(data));
+        }
     }
 
     /// The destination could not be reached: the session fails like the agent's (§12.4).

@@ -25,6 +25,8 @@ pub struct FaultPlan {
     pub delay: Duration,
     /// Extra random delay, uniform in [0, jitter].
     pub jitter: Duration,
+    /// Drop exactly these messages (1-based positions in this direction), e.g. a handshake message.
+    pub drop_at: Vec<u64>,
 }
 
 impl FaultPlan {
@@ -33,7 +35,8 @@ impl FaultPlan {
         *self == Self::default()
     }
 
-    /// Parses `loss=0.01,dup=0.01,reorder=0.02,corrupt=0.001,drop-every=50,delay=5ms,jitter=2ms`.
+    /// Parses `loss=0.01,dup=0.01,reorder=0.02,corrupt=0.001,drop-every=50,drop-at=1+3,delay=5ms,
+    /// jitter=2ms`.
     pub fn parse(spec: &str) -> Result<Self, String> {
         let mut plan = Self::default();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -63,6 +66,12 @@ impl FaultPlan {
                 }
                 "delay" => plan.delay = millis()?,
                 "jitter" => plan.jitter = millis()?,
+                "drop-at" => {
+                    plan.drop_at = value
+                        .split('+')
+                        .map(|n| n.parse().map_err(|_| format!("bad position {n:?}")))
+                        .collect::<Result<_, _>>()?;
+                }
                 other => return Err(format!("unknown fault {other:?}")),
             }
         }
@@ -99,6 +108,7 @@ impl Faults {
     pub fn apply(&mut self, msg: Bytes) -> Vec<(Duration, Bytes)> {
         self.count += 1;
         if (self.plan.drop_every > 0 && self.count.is_multiple_of(self.plan.drop_every))
+            || self.plan.drop_at.contains(&self.count)
             || self.chance(self.plan.loss_ppm)
         {
             self.dropped += 1;
@@ -130,5 +140,54 @@ impl Faults {
         } else {
             Duration::from_micros(splitmix(&mut self.rng) % (j + 1))
         }
+    }
+}
+
+/// When the gateway kills the client's websocket (§10: the hourly close 1000 "Bye", network
+/// drops). Counted per websocket; the agent side stays up, as with the real service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DropPlan {
+    /// Kill a websocket once this many bytes crossed it (both directions).
+    pub after_bytes: Option<u64>,
+    /// Kill a websocket once it has been open this long.
+    pub after: Option<Duration>,
+    /// Close with 1000 "Bye" instead of an abrupt TCP reset.
+    pub clean: bool,
+    /// Kill the first websocket right after the HandshakeRequest went out.
+    pub in_handshake: bool,
+    /// Stop after this many kills (unlimited when None).
+    pub max: Option<u32>,
+    /// Stop relaying (and answering pings) instead of closing: a dead network path.
+    pub blackhole: bool,
+}
+
+impl DropPlan {
+    /// Parses `after-bytes=8388608,after=5000ms,clean,handshake,max=3,blackhole`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut plan = Self::default();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item.split_once('=').unwrap_or((item, ""));
+            let number = || {
+                value
+                    .trim_end_matches("ms")
+                    .parse::<u64>()
+                    .map_err(|_| format!("bad number {value:?}"))
+            };
+            match key {
+                "after-bytes" => plan.after_bytes = Some(number()?),
+                "after" => plan.after = Some(Duration::from_millis(number()?)),
+                "clean" => plan.clean = true,
+                "handshake" => plan.in_handshake = true,
+                "blackhole" => plan.blackhole = true,
+                "max" => plan.max = Some(number()? as u32),
+                other => return Err(format!("unknown drop option {other:?}")),
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Whether the plan ever kills anything.
+    pub fn is_active(&self) -> bool {
+        self.after_bytes.is_some() || self.after.is_some() || self.in_handshake
     }
 }

@@ -20,9 +20,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::agent::{Agent, AgentConfig, AgentEvent};
-use super::faults::Faults;
+use super::faults::{DropPlan, Faults};
 use super::service::Service;
 use crate::proto::payload::OpenDataChannelInput;
 
@@ -123,6 +125,7 @@ async fn run_session(
     let mut delayed: BinaryHeap<Delayed> = BinaryHeap::new();
     let mut tie = 0u64;
     let mut client: Option<Box<Ws>> = None;
+    let mut link = LinkState::default();
     let mut opened_once = false;
     let mut dial: Option<oneshot::Receiver<std::io::Result<TcpStream>>> = None;
     let mut target: Option<OwnedReadHalf> = None;
@@ -152,12 +155,16 @@ async fn run_session(
         while let Some(frame) = agent.poll_transmit() {
             for (delay, msg) in down.apply(frame) {
                 if delay.is_zero() {
-                    send(&mut client, msg).await;
+                    link.relay(&mut client, msg).await;
                 } else {
                     tie += 1;
                     delayed.push(Reverse((now + delay, tie, false, msg)));
                 }
             }
+        }
+        if link.should_drop(&cfg.drops, now) {
+            link.kill(&mut client, &cfg.drops).await;
+            service.drops.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(output) = finished.take() {
             if let Some(ws) = client.as_mut() {
@@ -182,6 +189,7 @@ async fn run_session(
             a = attach.recv() => match a {
                 Some(Attach::Client(ws)) => {
                     client = Some(ws);
+                    link.attached(now, !opened_once && cfg.drops.in_handshake);
                     if opened_once {
                         agent.handle_client_reconnect(now.into_std());
                     } else {
@@ -195,8 +203,11 @@ async fn run_session(
                     finished = Some(String::new());
                 }
             },
-            msg = next_message(&mut client) => match msg {
-                Some(Ok(Message::Binary(b))) => deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, b),
+            msg = next_message(&mut client), if !link.blackholed => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    link.bytes += b.len() as u64;
+                    deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, b);
+                }
                 Some(Ok(Message::Text(t))) => deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, Bytes::from(t)),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => client = None,
@@ -236,7 +247,7 @@ async fn run_session(
                     if to_agent {
                         agent.handle_frame(now.into_std(), &msg);
                     } else {
-                        send(&mut client, msg).await;
+                        link.relay(&mut client, msg).await;
                     }
                 }
             }
@@ -262,11 +273,78 @@ fn deliver_up(
     }
 }
 
-async fn send(client: &mut Option<Box<Ws>>, msg: Bytes) {
-    if let Some(ws) = client.as_mut()
-        && ws.send(Message::binary(msg)).await.is_err()
-    {
-        *client = None;
+/// The client websocket's life as the drop plan sees it.
+struct LinkState {
+    opened: Instant,
+    bytes: u64,
+    kills: u32,
+    kill_in_handshake: bool,
+    blackholed: bool,
+}
+
+impl Default for LinkState {
+    fn default() -> Self {
+        Self {
+            opened: Instant::now(),
+            bytes: 0,
+            kills: 0,
+            kill_in_handshake: false,
+            blackholed: false,
+        }
+    }
+}
+
+impl LinkState {
+    fn attached(&mut self, now: Instant, kill_in_handshake: bool) {
+        self.opened = now;
+        self.bytes = 0;
+        self.blackholed = false;
+        self.kill_in_handshake = kill_in_handshake;
+    }
+
+    fn may_drop(&self, plan: &DropPlan) -> bool {
+        !self.blackholed && plan.max.is_none_or(|m| self.kills < m)
+    }
+
+    fn should_drop(&self, plan: &DropPlan, now: Instant) -> bool {
+        self.may_drop(plan)
+            && (self.kill_in_handshake
+                || plan.after_bytes.is_some_and(|b| self.bytes >= b)
+                || plan.after.is_some_and(|d| now >= self.opened + d))
+    }
+
+    /// Sends to the client unless the path is dead.
+    async fn relay(&mut self, client: &mut Option<Box<Ws>>, msg: Bytes) {
+        if self.blackholed {
+            return;
+        }
+        self.bytes += msg.len() as u64;
+        if let Some(ws) = client.as_mut()
+            && ws.send(Message::binary(msg)).await.is_err()
+        {
+            *client = None;
+        }
+    }
+
+    async fn kill(&mut self, client: &mut Option<Box<Ws>>, plan: &DropPlan) {
+        self.kills += 1;
+        self.kill_in_handshake = false;
+        if plan.blackhole {
+            self.blackholed = true;
+            return;
+        }
+        let Some(mut ws) = client.take() else { return };
+        if plan.clean {
+            let bye = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "Bye".into(),
+            };
+            let _ = WebSocketStream::close(&mut *ws, Some(bye)).await;
+        } else {
+            // SO_LINGER 0: close sends a TCP reset, like a network failure.
+            #[allow(deprecated)]
+            let _ = ws.get_ref().set_linger(Some(Duration::ZERO));
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-pub use faults::FaultPlan;
+pub use faults::{DropPlan, FaultPlan};
 pub use service::{Service, SimStats};
 
 /// How the simulator behaves.
@@ -31,6 +31,8 @@ pub struct SimConfig {
     pub up: FaultPlan,
     /// Faults on agent → client frames.
     pub down: FaultPlan,
+    /// When to kill the client's websocket.
+    pub drops: DropPlan,
     /// Pace the agent like the real one: 1 ms sleep per 1 KiB read (§11).
     pub paced: bool,
     /// AgentVersion announced in the handshake.
@@ -46,6 +48,7 @@ impl Default for SimConfig {
             denied: Vec::new(),
             up: FaultPlan::default(),
             down: FaultPlan::default(),
+            drops: DropPlan::default(),
             paced: false,
             agent_version: "3.3.1957.0".into(),
             seed: 1,

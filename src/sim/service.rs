@@ -30,6 +30,8 @@ pub struct SimStats {
     pub resumed: u64,
     /// Data-channel websocket opens accepted (first opens and reconnects).
     pub opens: u64,
+    /// Client websockets killed by the drop plan.
+    pub drops: u64,
 }
 
 /// Shared state of one simulator instance.
@@ -41,6 +43,7 @@ pub struct Service {
     terminated: AtomicU64,
     resumed: AtomicU64,
     pub(crate) opens: AtomicU64,
+    pub(crate) drops: AtomicU64,
     counter: AtomicU64,
 }
 
@@ -55,6 +58,7 @@ impl Service {
             terminated: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
             opens: AtomicU64::new(0),
+            drops: AtomicU64::new(0),
             counter: AtomicU64::new(0),
         }
     }
@@ -237,6 +241,7 @@ impl Service {
             terminated: self.terminated.load(Ordering::Relaxed),
             resumed: self.resumed.load(Ordering::Relaxed),
             opens: self.opens.load(Ordering::Relaxed),
+            drops: self.drops.load(Ordering::Relaxed),
         }
     }
 }
