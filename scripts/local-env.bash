@@ -4,6 +4,8 @@
 # The caller sets BIN (the ssm-proxy binary) and WORK (a fresh temp dir), and installs
 #   trap local_env_cleanup EXIT
 # before calling anything here. Every wait is a bounded poll, never a fixed sleep.
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # the variables set here are for the scripts that source this file
 
 TARGET=i-0123456789abcdef0
 PIDS=()
@@ -44,11 +46,6 @@ start_sim() {
     "$BIN" sim "$@" >"$SIM_ENV" 2>"$WORK/sim.log" &
     SIM_PID=$!
     PIDS+=("$SIM_PID")
-    sim_ready() {
-        grep -q '^export AWS_SHARED_CREDENTIALS_FILE=' "$SIM_ENV" && return 0
-        kill -0 "$SIM_PID" 2>/dev/null || return 2
-        return 1
-    }
     if ! wait_for 10 sim_ready; then
         echo "ssm-proxy sim did not print its environment:" >&2
         cat "$WORK/sim.log" >&2
@@ -57,6 +54,13 @@ start_sim() {
     # shellcheck disable=SC1090
     source "$SIM_ENV"
     SIM_PORT=${AWS_ENDPOINT_URL_SSM##*:}
+}
+
+# Whether the simulator has printed its environment (2: it died).
+sim_ready() {
+    grep -q '^export AWS_SHARED_CREDENTIALS_FILE=' "$SIM_ENV" && return 0
+    kill -0 "$SIM_PID" 2>/dev/null || return 2
+    return 1
 }
 
 # Stops the simulator with SIGINT and prints its last words ("N sessions still active").
@@ -78,6 +82,13 @@ answers_ssh() {
 # Whether nothing accepts connections on 127.0.0.1:$1.
 port_free() {
     ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Whether sshd (pid $1) answers on SSHD_PORT (2: it died).
+sshd_up() {
+    answers_ssh "$SSHD_PORT" && return 0
+    kill -0 "$1" 2>/dev/null || return 2
+    return 1
 }
 
 # Starts `sshd -D` on a free loopback port with fresh ed25519 host and user keys, for the
@@ -118,12 +129,7 @@ EOF
         "$sshd" -D -e -f "$dir/sshd_config" </dev/null >/dev/null 2>"$dir/sshd.log" &
         pid=$!
         PIDS+=("$pid")
-        sshd_up() {
-            answers_ssh "$SSHD_PORT" && return 0
-            kill -0 "$pid" 2>/dev/null || return 2
-            return 1
-        }
-        if wait_for 10 sshd_up; then
+        if wait_for 10 sshd_up "$pid"; then
             return 0
         fi
         echo "sshd on port $SSHD_PORT did not come up (attempt $attempt):" >&2

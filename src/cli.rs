@@ -48,7 +48,12 @@ pub struct Cli {
     pub parameters: Vec<String>,
 
     /// How long to keep trying to resume a lost connection.
-    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    #[arg(
+        long,
+        default_value_t = 300,
+        value_name = "SECONDS",
+        env = "SSM_PROXY_RESUME_TIMEOUT"
+    )]
     pub resume_timeout: u64,
 
     /// Bytes per protocol message (1024 is what the service is known to accept).
@@ -56,7 +61,13 @@ pub struct Cli {
     pub max_payload: usize,
 
     /// Seconds of silence after which the websocket is presumed dead and resumed.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS", hide = true)]
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_name = "SECONDS",
+        hide = true,
+        env = "SSM_PROXY_DEAD_AFTER"
+    )]
     pub dead_after: u64,
 
     #[allow(missing_docs)]
@@ -139,6 +150,10 @@ pub struct SimArgs {
     /// (stop relaying instead of closing).
     #[arg(long, value_name = "DROPS", default_value = "")]
     pub drops: String,
+
+    /// Send the client pause_publication bursts: every=MSms,for=MSms.
+    #[arg(long, value_name = "PAUSES", default_value = "")]
+    pub pauses: String,
 
     /// Pace the agent like the real one (1 KiB reads with a 1 ms sleep).
     #[arg(long)]

@@ -1,4 +1,5 @@
 mod e2e_errors;
+mod e2e_faults;
 mod e2e_ssh;
 mod golden;
 mod session;

@@ -17,6 +17,8 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
         down: parse(&args.faults_down, "down")?,
         drops: crate::sim::DropPlan::parse(&args.drops)
             .map_err(|e| anyhow::anyhow!("--drops: {e}"))?,
+        pauses: crate::sim::PausePlan::parse(&args.pauses)
+            .map_err(|e| anyhow::anyhow!("--pauses: {e}"))?,
         paced: args.paced,
         seed: args.seed,
         ..Default::default()

@@ -191,3 +191,35 @@ impl DropPlan {
         self.after_bytes.is_some() || self.after.is_some() || self.in_handshake
     }
 }
+
+/// Bursts of `pause_publication` … `start_publication` sent to the client (§7), as the service
+/// does when the agent is away or overloaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PausePlan {
+    /// Time between the end of one pause and the start of the next.
+    pub every: Option<Duration>,
+    /// How long each pause lasts.
+    pub length: Duration,
+}
+
+impl PausePlan {
+    /// Parses `every=200ms,for=50ms`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut plan = Self::default();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or(format!("expected KEY=VALUE in {item:?}"))?;
+            let ms: u64 = value
+                .trim_end_matches("ms")
+                .parse()
+                .map_err(|_| format!("bad duration {value:?}"))?;
+            match key {
+                "every" => plan.every = Some(Duration::from_millis(ms)),
+                "for" => plan.length = Duration::from_millis(ms),
+                other => return Err(format!("unknown pause option {other:?}")),
+            }
+        }
+        Ok(plan)
+    }
+}

@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use super::agent::{Agent, AgentConfig, AgentEvent};
 use super::faults::{DropPlan, Faults};
 use super::service::Service;
+use crate::proto::frame::{Frame, MessageType};
 use crate::proto::payload::OpenDataChannelInput;
 
 type Ws = WebSocketStream<TcpStream>;
@@ -126,6 +127,8 @@ async fn run_session(
     let mut tie = 0u64;
     let mut client: Option<Box<Ws>> = None;
     let mut link = LinkState::default();
+    // (when the next pause starts, when the current one ends)
+    let mut pause: (Option<Instant>, Option<Instant>) = (cfg.pauses.every.map(|e| start + e), None);
     let mut opened_once = false;
     let mut dial: Option<oneshot::Receiver<std::io::Result<TcpStream>>> = None;
     let mut target: Option<OwnedReadHalf> = None;
@@ -162,7 +165,7 @@ async fn run_session(
                 }
             }
         }
-        if link.should_drop(&cfg.drops, now) {
+        if client.is_some() && link.should_drop(&cfg.drops, now) {
             link.kill(&mut client, &cfg.drops).await;
             service.drops.fetch_add(1, Ordering::Relaxed);
         }
@@ -175,9 +178,16 @@ async fn run_session(
             }
             return;
         }
+        let drop_at = cfg
+            .drops
+            .after
+            .filter(|_| client.is_some() && link.may_drop(&cfg.drops));
         let deadline = [
             agent.poll_timeout().map(Instant::from_std),
             delayed.peek().map(|d| d.0.0),
+            drop_at.map(|d| link.opened + d),
+            pause.0,
+            pause.1,
         ]
         .into_iter()
         .flatten()
@@ -242,6 +252,14 @@ async fn run_session(
             _ = tokio::time::sleep_until(paced_until.filter(|t| *t > now).unwrap_or(deadline).min(deadline)) => {
                 let now = Instant::now();
                 agent.handle_timeout(now.into_std());
+                if pause.0.is_some_and(|t| t <= now) {
+                    link.relay(&mut client, publication(MessageType::PausePublication)).await;
+                    service.pauses.fetch_add(1, Ordering::Relaxed);
+                    pause = (None, Some(now + cfg.pauses.length));
+                } else if pause.1.is_some_and(|t| t <= now) {
+                    link.relay(&mut client, publication(MessageType::StartPublication)).await;
+                    pause = (cfg.pauses.every.map(|e| now + e), None);
+                }
                 while delayed.peek().is_some_and(|d| d.0.0 <= now) {
                     let Some(Reverse((_, _, to_agent, msg))) = delayed.pop() else { break };
                     if to_agent {
@@ -328,6 +346,12 @@ impl LinkState {
 
     async fn kill(&mut self, client: &mut Option<Box<Ws>>, plan: &DropPlan) {
         self.kills += 1;
+        tracing::info!(
+            kill = self.kills,
+            attached = client.is_some(),
+            bytes = self.bytes,
+            "sim: killing the client websocket"
+        );
         self.kill_in_handshake = false;
         if plan.blackhole {
             self.blackholed = true;
@@ -413,6 +437,21 @@ fn spawn_writer(
         let _ = w.shutdown().await;
     });
     tx
+}
+
+/// A service `pause_publication` / `start_publication` (no payload, not sequenced, §7).
+fn publication(kind: MessageType) -> Bytes {
+    Frame {
+        message_type: kind,
+        schema_version: 1,
+        created_date: 1_700_000_000_000,
+        sequence: 0,
+        flags: 0,
+        message_id: uuid::Uuid::new_v4(),
+        payload_type: 0,
+        payload: Bytes::new(),
+    }
+    .encode()
 }
 
 /// A service-style `channel_closed`: HL 112, NUL-padded type, no PayloadType (§3.3, §13.2 V8).

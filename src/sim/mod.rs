@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-pub use faults::{DropPlan, FaultPlan};
+pub use faults::{DropPlan, FaultPlan, PausePlan};
 pub use service::{Service, SimStats};
 
 /// How the simulator behaves.
@@ -33,6 +33,8 @@ pub struct SimConfig {
     pub down: FaultPlan,
     /// When to kill the client's websocket.
     pub drops: DropPlan,
+    /// Publication pauses sent to the client.
+    pub pauses: PausePlan,
     /// Pace the agent like the real one: 1 ms sleep per 1 KiB read (§11).
     pub paced: bool,
     /// AgentVersion announced in the handshake.
@@ -49,6 +51,7 @@ impl Default for SimConfig {
             up: FaultPlan::default(),
             down: FaultPlan::default(),
             drops: DropPlan::default(),
+            pauses: PausePlan::default(),
             paced: false,
             agent_version: "3.3.1957.0".into(),
             seed: 1,

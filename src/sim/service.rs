@@ -32,6 +32,8 @@ pub struct SimStats {
     pub opens: u64,
     /// Client websockets killed by the drop plan.
     pub drops: u64,
+    /// pause_publication messages sent to clients.
+    pub pauses: u64,
 }
 
 /// Shared state of one simulator instance.
@@ -44,6 +46,7 @@ pub struct Service {
     resumed: AtomicU64,
     pub(crate) opens: AtomicU64,
     pub(crate) drops: AtomicU64,
+    pub(crate) pauses: AtomicU64,
     counter: AtomicU64,
 }
 
@@ -59,6 +62,7 @@ impl Service {
             resumed: AtomicU64::new(0),
             opens: AtomicU64::new(0),
             drops: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
             counter: AtomicU64::new(0),
         }
     }
@@ -242,6 +246,7 @@ impl Service {
             resumed: self.resumed.load(Ordering::Relaxed),
             opens: self.opens.load(Ordering::Relaxed),
             drops: self.drops.load(Ordering::Relaxed),
+            pauses: self.pauses.load(Ordering::Relaxed),
         }
     }
 }

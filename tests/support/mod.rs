@@ -339,7 +339,12 @@ pub struct Fixture {
 impl Fixture {
     /// Starts a default simulator and an sshd.
     pub fn new() -> Fixture {
-        let sim = Sim::start(SimConfig::default()).expect("start simulator");
+        Fixture::with(SimConfig::default())
+    }
+
+    /// Starts a simulator configured with `config` (faults, drops) and an sshd.
+    pub fn with(config: SimConfig) -> Fixture {
+        let sim = Sim::start(config).expect("start simulator");
         Fixture {
             sim,
             sshd: Sshd::start(),
