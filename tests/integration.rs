@@ -4,3 +4,4 @@ mod e2e_ssh;
 mod golden;
 mod session;
 mod support;
+mod sweep;

@@ -35,6 +35,8 @@ pub struct PairConfig {
     pub outage: Duration,
     /// Client output drained per millisecond (a slow reader), unlimited when None.
     pub reader_bytes_per_ms: Option<usize>,
+    /// Bytes the agent's destination absorbs per millisecond (a slow server), unlimited when None.
+    pub target_bytes_per_ms: Option<usize>,
     /// Give up after this much virtual time.
     pub time_limit: Duration,
 }
@@ -50,6 +52,7 @@ impl Default for PairConfig {
             disconnect_every: None,
             outage: Duration::from_millis(300),
             reader_bytes_per_ms: None,
+            target_bytes_per_ms: None,
             time_limit: Duration::from_secs(600),
         }
     }
@@ -68,6 +71,8 @@ pub struct PairReport {
     pub client_retransmissions: u64,
     /// Link cuts survived.
     pub reconnects: u32,
+    /// Frames the client rejected (bad digest).
+    pub bad_frames: u64,
     /// Largest out-of-order + undelivered output the client held, in bytes.
     pub max_client_buffered: usize,
     /// Failure or close event, if any.
@@ -115,6 +120,7 @@ pub fn run(cfg: &PairConfig) -> PairReport {
     let mut link_up_at: Option<Instant> = None;
     let mut next_cut = cfg.disconnect_every.map(|d| t0 + d);
     let mut drain_credit = 0usize;
+    let mut target_unwritten = 0usize;
     let latency = Duration::from_micros(500);
 
     for _ in 0..50_000_000u64 {
@@ -135,9 +141,9 @@ pub fn run(cfg: &PairConfig) -> PairReport {
             Some(_) => drain_credit,
             None => usize::MAX,
         };
-        if let Some(out) = client
-            .poll_output(budget.min(64 * 1024))
-            .filter(|_| budget > 0)
+        if let Some(out) = (budget > 0)
+            .then(|| client.poll_output(budget.min(64 * 1024)))
+            .flatten()
         {
             drain_credit = drain_credit.saturating_sub(out.len());
             report.received_by_client.extend_from_slice(&out);
@@ -160,7 +166,10 @@ pub fn run(cfg: &PairConfig) -> PairReport {
                 }
                 AgentEvent::ToTarget(b) => {
                     report.received_by_target.extend_from_slice(&b);
-                    agent.handle_target_written(b.len());
+                    match cfg.target_bytes_per_ms {
+                        Some(_) => target_unwritten += b.len(),
+                        None => agent.handle_target_written(b.len()),
+                    }
                 }
                 AgentEvent::CloseTarget | AgentEvent::Finished(_) => {}
             }
@@ -212,6 +221,12 @@ pub fn run(cfg: &PairConfig) -> PairReport {
             let ms = (next - now).as_millis().max(u128::from(next > now)) as usize;
             drain_credit = drain_credit.saturating_add(rate * ms);
         }
+        if let Some(rate) = cfg.target_bytes_per_ms {
+            let ms = (next - now).as_millis().max(u128::from(next > now)) as usize;
+            let n = target_unwritten.min(rate.saturating_mul(ms));
+            target_unwritten -= n;
+            agent.handle_target_written(n);
+        }
         now = next;
         if next_cut.is_some_and(|t| now >= t) {
             to_agent.clear();
@@ -244,6 +259,7 @@ pub fn run(cfg: &PairConfig) -> PairReport {
     }
     report.elapsed = now - t0;
     report.client_retransmissions = client.retransmissions();
+    report.bad_frames = client.stats().bad_frames;
     report
 }
 
