@@ -1,6 +1,8 @@
 mod e2e_errors;
 mod e2e_faults;
+mod e2e_memory;
 mod e2e_ssh;
+mod fuzz;
 mod golden;
 mod session;
 mod support;

@@ -11,7 +11,7 @@ use crate::aws::{Aws, AwsOptions};
 use crate::cli::Cli;
 use crate::os;
 use crate::proto::SessionConfig;
-use crate::transport::{DriveError, Driver, DriverConfig, End, stdio};
+use crate::transport::{DriveError, Driver, DriverConfig, End, Outcome, stdio};
 
 /// Runs one relay session; returns the process exit status.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -53,8 +53,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let result = async {
         tracing::info!("session started");
         let mut driver = Driver::connect(aws.clone(), grant, config).await?;
-        let outcome = driver.run(stdio::local(), None, &mut signals).await;
+        let (local, stdout_done) = stdio::local();
+        let outcome = driver.run(local, None, &mut signals).await;
         tracing::info!(resumes = driver.resumes(), ?outcome, "session over");
+        // On a normal end, what was received must reach stdout before we exit.
+        if let Ok(Outcome {
+            end: End::Closed | End::LocalEof,
+            ..
+        }) = &outcome
+        {
+            stdout_done.wait(Duration::from_secs(30));
+        }
         outcome
     }
     .instrument(span)

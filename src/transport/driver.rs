@@ -213,10 +213,14 @@ impl Driver {
                         tracing::warn!("the agent could not connect to the destination port")
                     }
                     Event::Flag(f) => tracing::debug!(flag = f, "flag from agent"),
-                    Event::Closed { output } if output.is_empty() => {
-                        return Ok(self.outcome(End::Closed));
+                    Event::Closed { output } => {
+                        // Everything acked before the close is owed to the local reader.
+                        self.deliver_remaining(&local.output).await;
+                        return match output.is_empty() {
+                            true => Ok(self.outcome(End::Closed)),
+                            false => Err(DriveError::ClosedWithError(output)),
+                        };
                     }
-                    Event::Closed { output } => return Err(DriveError::ClosedWithError(output)),
                     Event::Failed(why) => return Err(DriveError::Handshake(why)),
                 }
             }
@@ -283,6 +287,18 @@ impl Driver {
                 sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
             }
         }
+    }
+
+    /// Hands all remaining output to the local side (bounded, in case the reader is stuck).
+    async fn deliver_remaining(&mut self, output: &mpsc::Sender<Bytes>) {
+        let drain = async {
+            while let Some(out) = self.session.poll_output(64 * 1024) {
+                if output.send(out).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(30), drain).await;
     }
 
     fn heard(&mut self, frame: Bytes) {

@@ -12,8 +12,18 @@ use super::driver::Local;
 /// Bytes per stdin read; the session splits them into protocol-sized messages.
 const READ_CHUNK: usize = 32 * 1024;
 
+/// Signals when everything handed to stdout has been written (or stdout failed).
+pub struct StdoutDone(std::sync::mpsc::Receiver<()>);
+
+impl StdoutDone {
+    /// Waits at most `limit` for the writer to finish; call after the [`Local`] was dropped.
+    pub fn wait(&self, limit: std::time::Duration) {
+        let _ = self.0.recv_timeout(limit);
+    }
+}
+
 /// Starts the stdin reader and stdout writer threads.
-pub fn local() -> Local {
+pub fn local() -> (Local, StdoutDone) {
     let (in_tx, input) = mpsc::channel::<Bytes>(8);
     let (output, mut out_rx) = mpsc::channel::<Bytes>(8);
     std::thread::spawn(move || {
@@ -37,6 +47,7 @@ pub fn local() -> Local {
             }
         }
     });
+    let (done_tx, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut stdout = std::io::stdout().lock();
         while let Some(data) = out_rx.blocking_recv() {
@@ -46,9 +57,10 @@ pub fn local() -> Local {
                 .and_then(|()| stdout.flush())
                 .is_err()
             {
-                return;
+                break;
             }
         }
+        let _ = done_tx.send(());
     });
-    Local { input, output }
+    (Local { input, output }, StdoutDone(done))
 }
