@@ -108,7 +108,7 @@ fn framed(rng: &mut u64) -> Bytes {
         MessageType::Other("x".into()),
     ];
     let r = splitmix(rng);
-    let payload: Vec<u8> = if r % 3 == 0 {
+    let payload: Vec<u8> = if r.is_multiple_of(3) {
         (0..r % 200).map(|_| splitmix(rng) as u8).collect()
     } else {
         (0..r % 24)

@@ -30,7 +30,7 @@ fn scenario(seed: u64) -> PairConfig {
     let mut rng = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
     let up = plan(&mut rng);
     let down = plan(&mut rng);
-    let cut = splitmix(&mut rng) % 3 == 0;
+    let cut = splitmix(&mut rng).is_multiple_of(3);
     PairConfig {
         seed,
         up,
@@ -39,8 +39,8 @@ fn scenario(seed: u64) -> PairConfig {
         download: 1 + (splitmix(&mut rng) % (96 * 1024)) as usize,
         disconnect_every: cut.then(|| Duration::from_millis(5 + splitmix(&mut rng) % 60)),
         outage: Duration::from_millis(1 + splitmix(&mut rng) % 300),
-        reader_bytes_per_ms: (splitmix(&mut rng) % 4 == 0).then_some(64 * 1024),
-        target_bytes_per_ms: (splitmix(&mut rng) % 4 == 0).then_some(64 * 1024),
+        reader_bytes_per_ms: splitmix(&mut rng).is_multiple_of(4).then_some(64 * 1024),
+        target_bytes_per_ms: splitmix(&mut rng).is_multiple_of(4).then_some(64 * 1024),
         time_limit: Duration::from_secs(120),
     }
 }
