@@ -16,3 +16,4 @@ pub mod session;
 pub use frame::{Frame, FrameError, MessageType};
 pub use handshake::SessionKind;
 pub use session::{Event, Session, SessionConfig};
+pub mod smux;

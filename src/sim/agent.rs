@@ -55,6 +55,17 @@ impl Default for AgentConfig {
     }
 }
 
+/// How a Port session moves bytes, as the agent decides it (§5.5, §8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortMode {
+    /// No `type` property (AWS-StartSSHSession): one connection; its end ends the session.
+    Stream,
+    /// LocalPortForwarding, one connection at a time, re-dialed after DisconnectToPort.
+    Basic,
+    /// LocalPortForwarding over smux: one connection per stream.
+    Mux,
+}
+
 /// What the agent asks its I/O wrapper to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEvent {
@@ -102,6 +113,9 @@ pub struct Agent {
     before_dial: Vec<Bytes>,
     paused: bool,
     client_version: String,
+    mode: PortMode,
+    /// Basic mode: the destination was closed by DisconnectToPort; dial again on new data.
+    redial: bool,
     transmit: VecDeque<Bytes>,
     events: VecDeque<AgentEvent>,
     rng: u64,
@@ -125,6 +139,8 @@ impl Agent {
             before_dial: Vec::new(),
             paused: false,
             client_version: String::new(),
+            mode: PortMode::Stream,
+            redial: false,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -215,6 +231,7 @@ impl Agent {
                     return true;
                 }
                 self.client_version = resp.client_version;
+                self.mode = self.port_mode();
                 let took = now.saturating_duration_since(self.start).as_nanos() as i64;
                 let done = json!({"HandshakeTimeToComplete": took, "CustomerMessage": ""});
                 self.send(
@@ -229,6 +246,11 @@ impl Agent {
             // §4.3: data before the handshake is over is acked and discarded.
             (Phase::AwaitResponse(_) | Phase::Idle, _) => true,
             (Phase::Running, ptype::OUTPUT) => {
+                if self.redial {
+                    // Basic mode re-dials on the first data after a DisconnectToPort (§3.6).
+                    self.redial = false;
+                    self.events.push_back(AgentEvent::Dial);
+                }
                 let full = self.target_backlog >= self.config.target_backlog_limit;
                 if !acked && (!self.target_up || full) {
                     return false;
@@ -248,11 +270,19 @@ impl Agent {
                         self.events.push_back(AgentEvent::CloseTarget);
                         self.finish("");
                     }
-                    flag::DISCONNECT_TO_PORT => {
+                    flag::DISCONNECT_TO_PORT => match self.mode {
                         // sshd-style session: a closed destination ends it (§12.1 step 7).
-                        self.events.push_back(AgentEvent::CloseTarget);
-                        self.finish("");
-                    }
+                        PortMode::Stream => {
+                            self.events.push_back(AgentEvent::CloseTarget);
+                            self.finish("");
+                        }
+                        PortMode::Basic => {
+                            self.events.push_back(AgentEvent::CloseTarget);
+                            self.target_up = false;
+                            self.redial = true;
+                        }
+                        PortMode::Mux => {} // ignored by the mux session (§3.6)
+                    },
                     _ => {}
                 }
                 true
@@ -279,6 +309,37 @@ impl Agent {
         }
     }
 
+    /// The mode chosen at the handshake.
+    pub fn mode(&self) -> PortMode {
+        self.mode
+    }
+
+    /// Agent-side choice (§5.5): mux needs LocalPortForwarding, a client ≥ 1.1.70, and an agent
+    /// new enough to have smux at all (> 3.0.196.0, the threshold clients use too).
+    fn port_mode(&self) -> PortMode {
+        let forwarding = self.config.properties.get("type").and_then(Value::as_str)
+            == Some("LocalPortForwarding");
+        match forwarding {
+            false => PortMode::Stream,
+            true if version_at_least(&self.client_version, &[1, 1, 70])
+                && !version_at_least(&self.config.version, &[3, 0, 196, 1]) =>
+            {
+                PortMode::Basic
+            }
+            true if version_at_least(&self.client_version, &[1, 1, 70]) => PortMode::Mux,
+            true => PortMode::Basic,
+        }
+    }
+
+    /// Sends a Flag to the client (ConnectToPortError when a mux stream cannot be dialed).
+    pub fn send_flag(&mut self, now: Instant, value: u32) {
+        self.send(
+            now,
+            ptype::FLAG,
+            Bytes::copy_from_slice(&value.to_be_bytes()),
+        );
+    }
+
     /// The destination connection is established.
     pub fn handle_target_connected(&mut self) {
         self.target_up = true;
@@ -286,6 +347,12 @@ impl Agent {
             self.target_backlog += data.len();
             self.events.push_back(AgentEvent::ToTarget(data));
         }
+    }
+
+    /// The destination closed in basic mode: wait for the client to reconnect (re-dial on data).
+    pub fn handle_target_closed(&mut self) {
+        self.target_up = false;
+        self.redial = true;
     }
 
     /// The destination could not be reached: the session fails like the agent's (§12.4).
@@ -465,4 +532,16 @@ impl Agent {
         }
         .encode()
     }
+}
+
+/// Agent-side version comparison (numeric components; a missing or non-numeric one is smaller).
+fn version_at_least(version: &str, min: &[u64]) -> bool {
+    let parts: Vec<u64> = version.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    let n = parts.len().max(min.len());
+    let pad = |v: &[u64]| {
+        (0..n)
+            .map(|i| v.get(i).copied().unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    pad(&parts) >= pad(min)
 }

@@ -1,5 +1,6 @@
 //! The fake SSM control plane: AWS JSON 1.1 over HTTP (`X-Amz-Target: AmazonSSM.<Op>`), answering
-//! StartSession, ResumeSession and TerminateSession, with errors in the real wire shape
+//! StartSession, ResumeSession, TerminateSession, DescribeInstanceInformation, and beside them
+//! EC2 Instance Connect SendSSHPublicKey and STS GetCallerIdentity, with errors in the real wire shape
 //! (`__type` in the body and `x-amzn-ErrorType`), so the real AWS SDK talks to it unchanged.
 
 use std::convert::Infallible;
@@ -56,6 +57,12 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
     service: Arc<Service>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Not AWS: what a test sshd's AuthorizedKeysCommand asks for (keys pushed through EC2
+    // Instance Connect in the last 60 s), `GET /sim/eic-keys/USER`.
+    if let Some(user) = req.uri().path().strip_prefix("/sim/eic-keys/") {
+        let keys = service.eic_authorized_keys(user);
+        return Ok(Response::new(Full::new(Bytes::from(keys))));
+    }
     let target = req
         .headers()
         .get("x-amz-target")
@@ -66,6 +73,14 @@ async fn handle(
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
+    // STS speaks the query protocol: a form body in, XML out.
+    if body.starts_with(b"Action=GetCallerIdentity") {
+        let resp = Response::builder()
+            .header("content-type", "text/xml")
+            .body(Full::new(Bytes::from(super::fleet::caller_identity())))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+        return Ok(resp);
+    }
     let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let op = target.rsplit('.').next().unwrap_or_default();
     let result = match op {
@@ -73,6 +88,7 @@ async fn handle(
         "ResumeSession" => service.resume_session(&input),
         "TerminateSession" => service.terminate_session(&input),
         "DescribeInstanceInformation" => service.describe_instances(&input),
+        "SendSSHPublicKey" => service.send_ssh_public_key(&input),
         _ => Err(ApiError::client(
             "UnknownOperationException",
             format!("unknown operation {op}"),

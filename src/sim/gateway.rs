@@ -13,20 +13,19 @@ use aws_lc_rs::digest::{SHA256, digest};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::agent::{Agent, AgentConfig, AgentEvent};
+use super::agent::{Agent, AgentConfig, AgentEvent, PortMode};
 use super::faults::{DropPlan, Faults};
 use super::service::Service;
-use crate::proto::frame::{Frame, MessageType};
+use super::target::{TargetEvent, Targets};
+use crate::proto::frame::{Frame, MessageType, flag};
 use crate::proto::payload::OpenDataChannelInput;
 
 type Ws = WebSocketStream<TcpStream>;
@@ -130,28 +129,21 @@ async fn run_session(
     // (when the next pause starts, when the current one ends)
     let mut pause: (Option<Instant>, Option<Instant>) = (cfg.pauses.every.map(|e| start + e), None);
     let mut opened_once = false;
-    let mut dial: Option<oneshot::Receiver<std::io::Result<TcpStream>>> = None;
-    let mut target: Option<OwnedReadHalf> = None;
-    let mut to_target: Option<mpsc::UnboundedSender<Bytes>> = None;
-    let (written_tx, mut written_rx) = mpsc::unbounded_channel::<usize>();
-    let mut paced_until: Option<Instant> = None;
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut targets = Targets::new(plan.properties.clone(), cfg.paced);
     let mut finished: Option<String> = None;
 
     loop {
         let now = Instant::now();
         while let Some(ev) = agent.poll_event() {
             match ev {
-                AgentEvent::Dial => dial = Some(spawn_dial(&plan.properties)),
-                AgentEvent::ToTarget(b) => {
-                    if let Some(tx) = &to_target {
-                        let _ = tx.send(b);
+                AgentEvent::Dial => {
+                    if agent.mode() == PortMode::Mux {
+                        targets.use_mux();
                     }
+                    targets.dial();
                 }
-                AgentEvent::CloseTarget => {
-                    target = None;
-                    to_target = None;
-                }
+                AgentEvent::ToTarget(b) => targets.write(b),
+                AgentEvent::CloseTarget => targets.close(),
                 AgentEvent::Finished(output) => finished = Some(output),
             }
         }
@@ -193,8 +185,6 @@ async fn run_session(
         .flatten()
         .min()
         .unwrap_or(now + Duration::from_secs(3600));
-        let can_read =
-            target.is_some() && agent.can_read_target() && paced_until.is_none_or(|t| t <= now);
         tokio::select! {
             a = attach.recv() => match a {
                 Some(Attach::Client(ws)) => {
@@ -208,8 +198,7 @@ async fn run_session(
                     }
                 }
                 Some(Attach::Terminate) | None => {
-                    to_target = None;
-                    target = None;
+                    targets.close();
                     finished = Some(String::new());
                 }
             },
@@ -222,34 +211,23 @@ async fn run_session(
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => client = None,
             },
-            res = wait_dial(&mut dial) => {
-                dial = None;
-                match res {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        let (r, w) = stream.into_split();
-                        target = Some(r);
-                        to_target = Some(spawn_writer(w, written_tx.clone()));
-                        agent.handle_target_connected();
-                    }
-                    Err(e) => agent.handle_target_failed(&e.to_string()),
-                }
-            },
-            n = read_target(&mut target, &mut buf), if can_read => match n {
-                Ok(0) | Err(_) => {
-                    target = None;
-                    agent.handle_target_eof(now.into_std());
-                }
-                Ok(n) => {
-                    agent.handle_target_data(now.into_std(), Bytes::copy_from_slice(&buf[..n]));
-                    if cfg.paced {
-                        // The real agent sleeps 1 ms after every read of up to 1 KiB (§11).
-                        paced_until = Some(now + Duration::from_millis(n.div_ceil(1024) as u64));
+            ev = targets.next(agent.can_read_target()) => match ev {
+                TargetEvent::Connected => agent.handle_target_connected(),
+                TargetEvent::DialFailed(e) => agent.handle_target_failed(&e),
+                TargetEvent::Data(b) => agent.handle_target_data(now.into_std(), b),
+                TargetEvent::Eof if agent.mode() == PortMode::Basic => agent.handle_target_closed(),
+                TargetEvent::Eof => agent.handle_target_eof(now.into_std()),
+                TargetEvent::Written(n) => agent.handle_target_written(n),
+                TargetEvent::StreamRefused(id) => {
+                    tracing::info!(stream = id, "sim: destination refused a mux stream");
+                    agent.send_flag(now.into_std(), flag::CONNECT_TO_PORT_ERROR);
+                    if let TargetEvent::Data(fin) = targets.take_mux_bytes() {
+                        agent.handle_target_data(now.into_std(), fin);
                     }
                 }
+                TargetEvent::Nothing => {}
             },
-            Some(n) = written_rx.recv() => agent.handle_target_written(n),
-            _ = tokio::time::sleep_until(paced_until.filter(|t| *t > now).unwrap_or(deadline).min(deadline)) => {
+            _ = tokio::time::sleep_until(deadline) => {
                 let now = Instant::now();
                 agent.handle_timeout(now.into_std());
                 if pause.0.is_some_and(|t| t <= now) {
@@ -379,64 +357,6 @@ async fn next_message(
         Some(ws) => ws.next().await,
         None => std::future::pending().await,
     }
-}
-
-async fn wait_dial(
-    dial: &mut Option<oneshot::Receiver<std::io::Result<TcpStream>>>,
-) -> std::io::Result<TcpStream> {
-    match dial.as_mut() {
-        Some(rx) => rx
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::Interrupted.into())),
-        None => std::future::pending().await,
-    }
-}
-
-async fn read_target(target: &mut Option<OwnedReadHalf>, buf: &mut [u8]) -> std::io::Result<usize> {
-    match target.as_mut() {
-        Some(r) => r.read(buf).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Dials the destination: `host` if the document has one, else localhost (loopback only here).
-fn spawn_dial(properties: &Value) -> oneshot::Receiver<std::io::Result<TcpStream>> {
-    let port = properties
-        .get("portNumber")
-        .and_then(Value::as_str)
-        .and_then(|p| p.parse::<u16>().ok());
-    let host = match properties.get("host").and_then(Value::as_str) {
-        None | Some("" | "localhost") => "127.0.0.1".to_owned(),
-        Some(h) => h.to_owned(),
-    };
-    let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
-        let res = match port {
-            Some(port) => TcpStream::connect((host.as_str(), port)).await,
-            None => Err(std::io::Error::other(
-                "Port number is empty in session properties.",
-            )),
-        };
-        let _ = tx.send(res);
-    });
-    rx
-}
-
-fn spawn_writer(
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    written: mpsc::UnboundedSender<usize>,
-) -> mpsc::UnboundedSender<Bytes> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-    tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            if w.write_all(&b).await.is_err() {
-                break;
-            }
-            let _ = written.send(b.len());
-        }
-        let _ = w.shutdown().await;
-    });
-    tx
 }
 
 /// A service `pause_publication` / `start_publication` (no payload, not sequenced, §7).

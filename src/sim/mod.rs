@@ -8,9 +8,11 @@
 pub mod agent;
 pub mod api;
 pub mod faults;
+pub mod fleet;
 pub mod gateway;
 pub mod pair;
 pub mod service;
+pub mod target;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use faults::{DropPlan, FaultPlan, PausePlan};
+pub use fleet::SimInstance;
 pub use service::{Service, SimStats};
 
 /// How the simulator behaves.
@@ -41,6 +44,10 @@ pub struct SimConfig {
     pub agent_version: String,
     /// Seed for ids and faults.
     pub seed: u64,
+    /// The managed nodes DescribeInstanceInformation lists (default: `web-1`, `db-1`).
+    pub fleet: Vec<SimInstance>,
+    /// How long a key pushed with SendSSHPublicKey stays valid (default 60 s).
+    pub eic_validity: std::time::Duration,
 }
 
 impl Default for SimConfig {
@@ -55,6 +62,8 @@ impl Default for SimConfig {
             paced: false,
             agent_version: "3.3.1957.0".into(),
             seed: 1,
+            fleet: fleet::default_fleet(),
+            eic_validity: fleet::EIC_VALIDITY,
         }
     }
 }
@@ -104,6 +113,12 @@ impl SimServer {
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_CONFIG_FILE", "/dev/null".into()),
             ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
+            ("AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT", self.endpoint()),
+            ("AWS_ENDPOINT_URL_STS", self.endpoint()),
+            (
+                "SSM_PROXY_SSMMESSAGES_ENDPOINT",
+                self.service.ws_base().to_owned(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -183,6 +198,11 @@ impl Sim {
     /// Counters.
     pub fn stats(&self) -> SimStats {
         self.server().service().stats()
+    }
+
+    /// The service state (fleet, EC2 Instance Connect keys, …).
+    pub fn service(&self) -> &Arc<Service> {
+        self.server().service()
     }
 }
 

@@ -34,6 +34,8 @@ pub struct SimStats {
     pub drops: u64,
     /// pause_publication messages sent to clients.
     pub pauses: u64,
+    /// DescribeInstanceInformation calls.
+    pub describes: u64,
 }
 
 /// Shared state of one simulator instance.
@@ -48,12 +50,15 @@ pub struct Service {
     pub(crate) drops: AtomicU64,
     pub(crate) pauses: AtomicU64,
     counter: AtomicU64,
+    describes: AtomicU64,
+    eic: super::fleet::EicKeys,
 }
 
 impl Service {
     /// A service whose stream URLs point at `ws_base` (e.g. `ws://127.0.0.1:1234`).
     pub fn new(config: SimConfig, ws_base: String) -> Self {
         Self {
+            eic: super::fleet::EicKeys::new(config.eic_validity),
             config,
             ws_base,
             sessions: Mutex::new(HashMap::new()),
@@ -64,12 +69,18 @@ impl Service {
             drops: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
             counter: AtomicU64::new(0),
+            describes: AtomicU64::new(0),
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> &SimConfig {
         &self.config
+    }
+
+    /// `ws://ip:port` of the gateway.
+    pub fn ws_base(&self) -> &str {
+        &self.ws_base
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -109,7 +120,11 @@ impl Service {
                 ),
             });
         }
-        if self.config.offline.iter().any(|t| t == target) || !looks_like_target(target) {
+        let fleet_offline = self.config.fleet.iter().any(|i| i.id == target && !i.online);
+        if self.config.offline.iter().any(|t| t == target)
+            || fleet_offline
+            || !looks_like_target(target)
+        {
             return Err(ApiError::client(
                 "TargetNotConnected",
                 format!("{target} is not connected."),
@@ -210,9 +225,27 @@ impl Service {
         Ok(json!({"SessionId": id}))
     }
 
-    /// `DescribeInstanceInformation` (empty fleet for now).
-    pub fn describe_instances(&self, _input: &Value) -> Result<Value, ApiError> {
-        Ok(json!({"InstanceInformationList": []}))
+    /// `DescribeInstanceInformation` over the configured fleet.
+    pub fn describe_instances(&self, input: &Value) -> Result<Value, ApiError> {
+        self.describes.fetch_add(1, Ordering::Relaxed);
+        super::fleet::describe(&self.config.fleet, input)
+    }
+
+    /// EC2 Instance Connect `SendSSHPublicKey`.
+    pub fn send_ssh_public_key(&self, input: &Value) -> Result<Value, ApiError> {
+        self.eic
+            .send(&self.config.fleet, &self.config.denied, input)
+    }
+
+    /// Keys pushed for `user` that are still valid, one per line (an `AuthorizedKeysCommand`'s
+    /// output).
+    pub fn eic_authorized_keys(&self, user: &str) -> String {
+        self.eic.authorized_keys(user)
+    }
+
+    /// Keys pushed for `instance` so far.
+    pub fn eic_pushed(&self, instance: &str) -> usize {
+        self.eic.pushed_for(instance)
     }
 
     /// Hands an opened websocket to its session if the token is valid for it.
@@ -247,6 +280,7 @@ impl Service {
             opens: self.opens.load(Ordering::Relaxed),
             drops: self.drops.load(Ordering::Relaxed),
             pauses: self.pauses.load(Ordering::Relaxed),
+            describes: self.describes.load(Ordering::Relaxed),
         }
     }
 }

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::websocket::{self, Ws};
 use crate::aws::{Aws, AwsError, SessionGrant};
+use crate::proto::payload::Size;
 use crate::proto::{Event, Session, SessionConfig, SessionKind};
 
 /// Tunables of the driver.
@@ -46,10 +47,21 @@ impl Default for DriverConfig {
     }
 }
 
+/// What the local side sends into the session.
+#[derive(Debug)]
+pub enum Input {
+    /// Stream bytes (PayloadType Output).
+    Data(Bytes),
+    /// A Flag message (e.g. DisconnectToPort when a basic-mode connection closes).
+    Flag(u32),
+    /// A terminal size (shell sessions).
+    Resize(Size),
+}
+
 /// The local ends of the relayed byte stream.
 pub struct Local {
-    /// Bytes to send; the channel closing is local EOF.
-    pub input: mpsc::Receiver<Bytes>,
+    /// Input to send; the channel closing is local EOF.
+    pub input: mpsc::Receiver<Input>,
     /// Bytes received; a send failing means the local reader is gone.
     pub output: mpsc::Sender<Bytes>,
 }
@@ -259,13 +271,16 @@ impl Driver {
                         self.resume().await?;
                     }
                 },
-                data = local.input.recv(), if accept => match data {
-                    Some(b) => {
-                        eof_quiet_until = None;
-                        self.session.handle_input(Instant::now().into_std(), b);
+                data = local.input.recv(), if accept => {
+                    let now = Instant::now().into_std();
+                    eof_quiet_until = None;
+                    match data {
+                        Some(Input::Data(b)) => self.session.handle_input(now, b),
+                        Some(Input::Flag(f)) => self.session.send_flag(now, f),
+                        Some(Input::Resize(size)) => self.session.handle_resize(now, size),
+                        None => input_open = false,
                     }
-                    None => input_open = false,
-                },
+                }
                 permit = local.output.reserve(), if has_output => match permit {
                     Ok(permit) => {
                         if let Some(out) = self.session.poll_output(64 * 1024) {

@@ -5,4 +5,4 @@ pub mod driver;
 pub mod stdio;
 pub mod websocket;
 
-pub use driver::{DriveError, Driver, DriverConfig, End, Local, Outcome};
+pub use driver::{DriveError, Driver, DriverConfig, End, Input, Local, Outcome};

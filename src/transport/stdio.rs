@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::driver::Local;
+use super::driver::{Input, Local};
 
 /// Bytes per stdin read; the session splits them into protocol-sized messages.
 const READ_CHUNK: usize = 32 * 1024;
@@ -24,7 +24,7 @@ impl StdoutDone {
 
 /// Starts the stdin reader and stdout writer threads.
 pub fn local() -> (Local, StdoutDone) {
-    let (in_tx, input) = mpsc::channel::<Bytes>(8);
+    let (in_tx, input) = mpsc::channel::<Input>(8);
     let (output, mut out_rx) = mpsc::channel::<Bytes>(8);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
@@ -35,7 +35,10 @@ pub fn local() -> (Local, StdoutDone) {
                 Ok(0) => return,
                 Ok(n) => {
                     buf.truncate(n);
-                    if in_tx.blocking_send(buf.split().freeze()).is_err() {
+                    if in_tx
+                        .blocking_send(Input::Data(buf.split().freeze()))
+                        .is_err()
+                    {
                         return;
                     }
                 }
