@@ -54,6 +54,8 @@ pub struct Targets {
     /// Id of the current single connection (a new one per dial, so stale events are ignored).
     single: u32,
     writers: HashMap<u32, mpsc::UnboundedSender<Bytes>>,
+    /// Data for mux streams whose destination is still being dialed (smux buffers it too).
+    dialing: HashMap<u32, Vec<Bytes>>,
     report_tx: mpsc::UnboundedSender<Report>,
     report_rx: mpsc::UnboundedReceiver<Report>,
     data_tx: mpsc::Sender<Chunk>,
@@ -71,6 +73,7 @@ impl Targets {
             mux: None,
             single: SINGLE,
             writers: HashMap::new(),
+            dialing: HashMap::new(),
             report_tx,
             report_rx,
             data_tx,
@@ -107,11 +110,15 @@ impl Targets {
         let _ = self.report_tx.send(Report::Written(data.len()));
         while let Some(ev) = self.mux.as_mut().and_then(Mux::poll_event) {
             match ev {
-                MuxEvent::Opened(id) => self.spawn_dial(id),
+                MuxEvent::Opened(id) => {
+                    self.dialing.insert(id, Vec::new());
+                    self.spawn_dial(id);
+                }
                 MuxEvent::Data(id, b) => self.write_to(id, b),
                 // The agent closes the destination entirely when the client finishes (§8.4).
                 MuxEvent::Fin(id) => {
                     self.writers.remove(&id);
+                    self.dialing.remove(&id);
                 }
             }
         }
@@ -143,6 +150,9 @@ impl Targets {
             }
             Report::Dialed(id, Ok(stream)) => {
                 self.attach(id, stream);
+                for data in self.dialing.remove(&id).unwrap_or_default() {
+                    self.write_to(id, data);
+                }
                 TargetEvent::Nothing
             }
             Report::Dialed(id, Err(e)) if id & SINGLE != 0 => match id == self.single {
@@ -150,6 +160,7 @@ impl Targets {
                 false => TargetEvent::Nothing,
             },
             Report::Dialed(id, Err(_)) => {
+                self.dialing.remove(&id);
                 if let Some(mux) = self.mux.as_mut() {
                     mux.finish(id);
                 }
@@ -190,6 +201,10 @@ impl Targets {
     }
 
     fn write_to(&mut self, id: u32, data: Bytes) {
+        if let Some(queue) = self.dialing.get_mut(&id) {
+            queue.push(data);
+            return;
+        }
         match self.writers.get(&id) {
             Some(w) => {
                 let _ = w.send(data);

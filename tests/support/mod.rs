@@ -102,6 +102,8 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             kill_group(self.0.id(), "KILL");
+            // Not every guarded child leads its own group.
+            let _ = self.0.kill();
         }
         let _ = self.0.wait();
     }
@@ -316,10 +318,22 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Applies a child environment: drops every inherited `AWS_*` variable (so a developer's
-/// profile or region cannot leak in), then sets `env`.
+/// profile or region cannot leak in), the proxy variables, `XDG_CACHE_HOME` (the target cache
+/// then lives under the test's HOME) and the data-channel override, then sets `env`.
 pub fn apply_env<'a>(cmd: &'a mut Command, env: &[(String, String)]) -> &'a mut Command {
+    // Proxy settings and the cache location are the machine's too; the tests that need them
+    // set them.
+    const MACHINE: [&str; 6] = [
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "XDG_CACHE_HOME",
+        "SSM_PROXY_SSMMESSAGES_ENDPOINT",
+    ];
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("AWS_") {
+        let k = key.to_string_lossy();
+        if k.starts_with("AWS_") || MACHINE.contains(&k.to_ascii_uppercase().as_str()) {
             cmd.env_remove(&key);
         }
     }
@@ -381,4 +395,65 @@ impl Fixture {
             );
         }
     }
+}
+
+/// A ProxyCommand running the binary under test with `args` before `%h %p` (e.g. `--no-cache`).
+pub fn proxy_command(args: &str) -> String {
+    let bin = sshd::shell_quote(&proxy_bin().display().to_string());
+    if args.is_empty() {
+        format!("{bin} %h %p")
+    } else {
+        format!("{bin} {args} %h %p")
+    }
+}
+
+/// `ssm-proxy ARGS...` with stdin from /dev/null and exactly `env` (see [`apply_env`]).
+pub fn proxy_run(env: &[(String, String)], args: &[&str], secs: u64) -> Output {
+    let mut cmd = Command::new(proxy_bin());
+    apply_env(&mut cmd, env).args(args).stdin(Stdio::null());
+    run_with_timeout(&mut cmd, secs)
+}
+
+/// Asserts a failure in the product's shape (non-zero exit, nothing on stdout, exactly one
+/// stderr line starting `ssm-proxy: `) and returns that line.
+pub fn one_line_failure(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "expected failure, got {} (stderr {stderr:?})",
+        out.status
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "stdout must stay empty: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let line = stderr.trim();
+    assert!(
+        line.starts_with("ssm-proxy: ") && !line.contains('\n'),
+        "not one `ssm-proxy: ` line: {stderr:?}"
+    );
+    line.to_owned()
+}
+
+/// Whether this process runs as root (sshd's AuthorizedKeysCommand tests need it).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// For a test that needs a tool this machine lacks: fails in CI (where `.ci/run` must have
+/// installed it), otherwise says loudly that the test is skipped. Returns whether to go on.
+pub fn require(available: bool, what: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} is missing in CI: .ci/run must provide it"
+    );
+    eprintln!("\n*** SKIPPED: {what} is missing on this machine (the test runs in CI) ***\n");
+    false
 }

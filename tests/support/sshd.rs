@@ -96,7 +96,7 @@ fn answers_ssh(port: u16) -> bool {
 
 /// Quotes `s` for a POSIX shell: as is when it only holds safe characters, otherwise in single
 /// quotes. rsync's `-e` splitting understands this too, as long as `s` has no single quote.
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "/._+-=,:@%".contains(c);
     if !s.is_empty() && s.chars().all(safe) {
         s.to_owned()
@@ -109,6 +109,12 @@ impl Sshd {
     /// Generates keys and a config in a fresh temp dir and starts `sshd -D -e` on a free port,
     /// returning once it answers with its banner. Retries on a new port if sshd exits early.
     pub fn start() -> Sshd {
+        Sshd::start_with("")
+    }
+
+    /// Like [`Sshd::start`], with `extra` lines at the top of sshd_config; sshd takes the first
+    /// value of a keyword, so they override the defaults (e.g. `AuthorizedKeysFile none`).
+    pub fn start_with(extra: &str) -> Sshd {
         let dir = TempDir::new("sshd");
         let host_key = dir.join("host_ed25519");
         let key = dir.join("id_ed25519");
@@ -125,7 +131,8 @@ impl Sshd {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let config = dir.join("sshd_config");
-            fs::write(&config, sshd_config(dir.path(), &host_key, port)).expect("sshd_config");
+            let text = format!("{extra}{}", sshd_config(dir.path(), &host_key, port));
+            fs::write(&config, text).expect("sshd_config");
             let log_path = dir.join("sshd.log");
             let log = fs::File::create(&log_path).expect("sshd.log");
             let mut child = Command::new("/usr/sbin/sshd")
@@ -176,6 +183,11 @@ impl Sshd {
     /// The login user.
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The client's private key (its `.pub` is beside it).
+    pub fn key(&self) -> &Path {
+        &self.key
     }
 
     /// The server's temp dir; tests put remote-side files (bare repos, upload targets) here.
@@ -233,6 +245,24 @@ impl Sshd {
         cmd
     }
 
+    /// `ssh ... -p PORT -o ProxyCommand=<proxy_command> USER@HOST`: a ProxyCommand given whole
+    /// (already quoted) and any destination host (a name, an alias); append the remote command.
+    pub fn ssh_cmd_via(
+        &self,
+        proxy_command: &str,
+        host: &str,
+        env: &[(String, String)],
+    ) -> Command {
+        let mut cmd = client("ssh", env);
+        cmd.args(self.common_opts())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-o")
+            .arg(format!("ProxyCommand={proxy_command}"))
+            .arg(format!("{}@{}", self.user, host));
+        cmd
+    }
+
     /// `ssh ... -p PORT USER@127.0.0.1`, no proxy: the baseline the proxied runs must match.
     pub fn direct_ssh_cmd(&self) -> Command {
         let mut cmd = client("ssh", &[]);
@@ -240,6 +270,26 @@ impl Sshd {
             .arg("-p")
             .arg(self.port.to_string())
             .arg(format!("{}@127.0.0.1", self.user));
+        cmd
+    }
+
+    /// `ssh ... -p PORT USER@127.0.0.1` to another local port (e.g. a forward of this sshd).
+    pub fn direct_ssh_cmd_to(&self, port: u16) -> Command {
+        let mut cmd = client("ssh", &[]);
+        cmd.args(self.common_opts())
+            .arg("-p")
+            .arg(port.to_string())
+            .arg(format!("{}@127.0.0.1", self.user));
+        cmd
+    }
+
+    /// `scp ... -P PORT` to another local port; append sources and destination.
+    pub fn direct_scp_cmd_to(&self, port: u16) -> Command {
+        let mut cmd = client("scp", &[]);
+        cmd.arg("-q")
+            .args(self.common_opts())
+            .arg("-P")
+            .arg(port.to_string());
         cmd
     }
 
