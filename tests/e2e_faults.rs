@@ -220,3 +220,33 @@ fn repeated_drops_with_loss_stay_byte_exact() {
     scp_round_trip(&fx, 8, 12);
     assert!(fx.sim.stats().drops >= 4);
 }
+
+#[test]
+fn a_twelve_second_outage_mid_download_is_survived() {
+    // The websocket dies and every reconnect fails for 12 s; ResumeSession keeps the session.
+    let fx = Fixture::with(drops("after-bytes=4000000,max=1,outage=12000"));
+    let env = fx.env();
+    let remote = fx.sshd.dir().join("outage.bin");
+    let digest = write_random_file(&remote, 16 << 20, 13);
+    let local = TempDir::new("outage");
+    let down = local.join("down.bin");
+    let started = std::time::Instant::now();
+    run_ok(
+        fx.sshd
+            .scp_cmd(proxy_bin(), &env)
+            .arg(fx.sshd.remote(&remote))
+            .arg(&down),
+        BULK,
+    );
+    assert_eq!(sha256_file(&down), digest);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(12),
+        "the outage must really have happened"
+    );
+    assert!(
+        fx.sim.stats().opens >= 3,
+        "reconnects were refused and retried: {:?}",
+        fx.sim.stats()
+    );
+    fx.assert_no_sessions();
+}

@@ -159,10 +159,12 @@ pub struct DropPlan {
     pub max: Option<u32>,
     /// Stop relaying (and answering pings) instead of closing: a dead network path.
     pub blackhole: bool,
+    /// After a kill, refuse the client's new websockets for this long (a long network outage).
+    pub outage: Option<Duration>,
 }
 
 impl DropPlan {
-    /// Parses `after-bytes=8388608,after=5000ms,clean,handshake,max=3,blackhole`.
+    /// Parses `after-bytes=8388608,after=5000ms,clean,handshake,max=3,blackhole,outage=10000ms`.
     pub fn parse(spec: &str) -> Result<Self, String> {
         let mut plan = Self::default();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -180,6 +182,7 @@ impl DropPlan {
                 "handshake" => plan.in_handshake = true,
                 "blackhole" => plan.blackhole = true,
                 "max" => plan.max = Some(number()? as u32),
+                "outage" => plan.outage = Some(Duration::from_millis(number()?)),
                 other => return Err(format!("unknown drop option {other:?}")),
             }
         }

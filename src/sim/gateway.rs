@@ -187,6 +187,12 @@ async fn run_session(
         .unwrap_or(now + Duration::from_secs(3600));
         tokio::select! {
             a = attach.recv() => match a {
+                Some(Attach::Client(ws)) if link.refuse_until.is_some_and(|t| now < t) => {
+                    // Still "offline": the open fails as if the network were down.
+                    #[allow(deprecated)]
+                    let _ = ws.get_ref().set_linger(Some(Duration::ZERO));
+                    drop(ws);
+                }
                 Some(Attach::Client(ws)) => {
                     client = Some(ws);
                     link.attached(now, !opened_once && cfg.drops.in_handshake);
@@ -276,6 +282,7 @@ struct LinkState {
     kills: u32,
     kill_in_handshake: bool,
     blackholed: bool,
+    refuse_until: Option<Instant>,
 }
 
 impl Default for LinkState {
@@ -286,6 +293,7 @@ impl Default for LinkState {
             kills: 0,
             kill_in_handshake: false,
             blackholed: false,
+            refuse_until: None,
         }
     }
 }
@@ -324,6 +332,7 @@ impl LinkState {
 
     async fn kill(&mut self, client: &mut Option<Box<Ws>>, plan: &DropPlan) {
         self.kills += 1;
+        self.refuse_until = plan.outage.map(|d| Instant::now() + d);
         tracing::info!(
             kill = self.kills,
             attached = client.is_some(),

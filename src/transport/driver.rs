@@ -118,6 +118,17 @@ pub enum DriveError {
     Gone,
 }
 
+impl DriveError {
+    /// Process exit status, in the same classes as [`AwsError::exit_code`].
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Aws(e) => e.exit_code(),
+            Self::Dial { .. } | Self::ResumeTimeout(..) => 69,
+            _ => 1,
+        }
+    }
+}
+
 /// One session's live state.
 pub struct Driver {
     aws: Aws,
@@ -424,9 +435,11 @@ fn unix_ms() -> u64 {
 }
 
 fn random_seed() -> u64 {
-    let mut b = [0u8; 8];
-    // aws-lc-rs is already linked for TLS; its RNG failing is not recoverable in any useful way,
-    // and a fixed seed only makes message ids predictable, not wrong.
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    u64::from_le_bytes(b)
+    // Message ids must be unique, not secret. std's per-process hash keys come from the OS
+    // once; aws-lc-rs's RNG setup costs tens of milliseconds on the connect path.
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(unix_ms());
+    h.write_u32(std::process::id());
+    h.finish()
 }
