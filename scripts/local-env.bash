@@ -42,23 +42,34 @@ wait_for() {
 # Starts `ssm-proxy sim EXTRA_ARGS...`, waits for its environment and exports it. Sets SIM_PID,
 # SIM_PORT (its HTTP API port) and SIM_ENV (the file with the export lines).
 start_sim() {
-    SIM_ENV=$WORK/sim.env
-    "$BIN" sim "$@" >"$SIM_ENV" 2>"$WORK/sim.log" &
-    SIM_PID=$!
-    PIDS+=("$SIM_PID")
-    if ! wait_for 10 sim_ready; then
-        echo "ssm-proxy sim did not print its environment:" >&2
-        cat "$WORK/sim.log" >&2
-        exit 1
-    fi
+    launch_sim sim "$@"
     # shellcheck disable=SC1090
     source "$SIM_ENV"
     SIM_PORT=${AWS_ENDPOINT_URL_SSM##*:}
 }
 
+# Starts `ssm-proxy sim EXTRA_ARGS...` as simulator NAME and waits for its environment without
+# exporting it, so that several can run side by side (source $WORK/NAME.env in a subshell to
+# use one). Sets SIM_PID and SIM_ENV, and SIM_PIDS[NAME] for `stop_named_sim NAME`.
+declare -A SIM_PIDS=()
+launch_sim() {
+    local name=$1
+    shift
+    SIM_ENV=$WORK/$name.env
+    "$BIN" sim "$@" >"$SIM_ENV" 2>"$WORK/$name.log" &
+    SIM_PID=$!
+    SIM_PIDS[$name]=$SIM_PID
+    PIDS+=("$SIM_PID")
+    if ! wait_for 10 sim_ready; then
+        echo "ssm-proxy sim $* did not print its environment:" >&2
+        cat "$WORK/$name.log" >&2
+        exit 1
+    fi
+}
+
 # Whether the simulator has printed its environment (2: it died).
 sim_ready() {
-    grep -q '^export AWS_SHARED_CREDENTIALS_FILE=' "$SIM_ENV" && return 0
+    grep -qs '^export AWS_SHARED_CREDENTIALS_FILE=' "$SIM_ENV" && return 0
     kill -0 "$SIM_PID" 2>/dev/null || return 2
     return 1
 }
@@ -68,6 +79,13 @@ stop_sim() {
     kill -INT "$SIM_PID" 2>/dev/null || true
     wait "$SIM_PID" 2>/dev/null || true
     tail -n 1 "$WORK/sim.log"
+}
+
+# The same for simulator NAME of launch_sim.
+stop_named_sim() {
+    kill -INT "${SIM_PIDS[$1]}" 2>/dev/null || true
+    wait "${SIM_PIDS[$1]}" 2>/dev/null || true
+    tail -n 1 "$WORK/$1.log"
 }
 
 # Whether something on 127.0.0.1:$1 greets with an SSH banner.
@@ -93,7 +111,8 @@ sshd_up() {
 
 # Starts `sshd -D` on a free loopback port with fresh ed25519 host and user keys, for the
 # current user, key authentication only. Sets SSHD_PORT, SSH_USER and SSH_OPTS (the options
-# every ssh and scp run needs: no user config, the throwaway key, no prompts).
+# every ssh and scp run needs: no user config, the throwaway key, no prompts). Lines in
+# SSHD_EXTRA_CONFIG are appended to its sshd_config (e.g. "MaxStartups 200").
 start_sshd() {
     local sshd=$1 dir=$WORK/sshd attempt pid
     mkdir -p "$dir"
@@ -125,6 +144,7 @@ KbdInteractiveAuthentication no
 PidFile none
 Subsystem sftp internal-sftp
 LogLevel ERROR
+${SSHD_EXTRA_CONFIG:-}
 EOF
         "$sshd" -D -e -f "$dir/sshd_config" </dev/null >/dev/null 2>"$dir/sshd.log" &
         pid=$!

@@ -14,6 +14,13 @@ Examples:
   ssh ec2-user@i-0123456789abcdef0
   ssh -o ProxyCommand='ssm-proxy --profile prod --region eu-west-1 %h %p' ec2-user@i-0123...
   ssm-proxy -v i-0123456789abcdef0 22 < /dev/null     # check that a session can be opened
+  ssh ec2-user@web-1                                   # by Name tag (Host web-1 ... in ssh_config)
+  ssm-proxy ssh-config --send-key >> ~/.ssh/config     # a ready Host block, EC2 Instance Connect
+  ssm-proxy doctor web-1                               # check credentials, endpoints, target
+
+  # one Host block per account and region: ssh ec2-user@web-1.prod.eu-west-1
+  Host *.prod.eu-west-1
+      ProxyCommand ssm-proxy --alias %h %p
 
   # try it locally against the built-in simulator (prints the environment to use)
   ssm-proxy sim > sim.env &  sleep 1; . ./sim.env; ssh -o ProxyCommand='ssm-proxy %h %p' localhost-user@i-0123456789abcdef0
@@ -25,13 +32,14 @@ Exit status: 0 on a normal end, 2 for bad arguments, 69 target or network unavai
 /// inbound ports, no bastion and no Python.
 #[derive(Debug, Parser)]
 #[command(name = "ssm-proxy", version, after_help = EXAMPLES)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(subcommand_negates_reqs = true)]
 pub struct Cli {
     /// Other modes.
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Instance or managed-node id: i-0123456789abcdef0, mi-0123456789abcdef0.
+    /// Instance or managed-node id (i-0123456789abcdef0, mi-…), a Name tag value (web-1), or
+    /// tag:KEY=VALUE; names and tags are looked up with DescribeInstanceInformation.
     #[arg(required = true)]
     pub target: Option<String>,
 
@@ -55,6 +63,30 @@ pub struct Cli {
         env = "SSM_PROXY_RESUME_TIMEOUT"
     )]
     pub resume_timeout: u64,
+
+    /// TARGET is TARGET.PROFILE.REGION (ssh's %h for `Host *.PROFILE.REGION`); a PROFILE of
+    /// `default` keeps --profile or the ambient one. Alias parts override --profile, --region.
+    #[arg(long)]
+    pub alias: bool,
+
+    /// Look names and tags up again instead of using the 60 s cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Push a public key with EC2 Instance Connect right before the session (valid 60 s);
+    /// default: the first of ~/.ssh/id_ed25519.pub, id_ecdsa.pub, id_rsa.pub. Needs --user.
+    #[arg(
+        long,
+        value_name = "PUBKEY",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = ""
+    )]
+    pub send_key: Option<String>,
+
+    /// OS user for --send-key (ssh's %r).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 
     /// Bytes per protocol message (1024 is what the service is known to accept).
     #[arg(long, default_value_t = 1024, value_name = "BYTES", hide = true)]
@@ -93,6 +125,12 @@ pub struct AwsArgs {
     /// SSM API endpoint (default: AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL, then the standard one).
     #[arg(long, global = true, value_name = "URL")]
     pub endpoint_url: Option<String>,
+
+    /// Data-channel endpoint replacing scheme, host and port of the service's StreamUrl, for
+    /// PrivateLink or FIPS, e.g. wss://vpce-0abc-xyz.ssmmessages.eu-west-1.vpce.amazonaws.com
+    /// (default: SSM_PROXY_SSMMESSAGES_ENDPOINT).
+    #[arg(long, global = true, value_name = "URL")]
+    pub ssmmessages_endpoint: Option<String>,
 }
 
 /// Diagnostics. They go to stderr or a file, never to stdout.
@@ -114,8 +152,219 @@ pub struct LogArgs {
 /// Modes other than the ProxyCommand relay.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Forward local ports to ports on (or behind) the target, like `ssh -L`.
+    Forward(ForwardArgs),
     /// Run the local simulator (fake SSM API, gateway and agent) for demos and tests.
     Sim(SimArgs),
+    /// Print a ready ~/.ssh/config Host block that uses this executable.
+    SshConfig(SshConfigArgs),
+    /// Check credentials, region, endpoints, proxy, a target and local ssh; print each fix.
+    Doctor(DoctorArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout.
+    Man,
+    /// Open a shell on the target, or run one command there (like `ssh TARGET [COMMAND]`).
+    Shell(ShellArgs),
+}
+
+/// `ssm-proxy shell`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:
+  ssm-proxy shell i-0123456789abcdef0                     # an interactive shell
+  ssm-proxy shell web-1 -- df -h /                        # one command; its exit status is ours
+  ssm-proxy shell web-1 -- 'journalctl -u nginx | tail'   # one word: a remote command line
+  ssm-proxy shell -t web-1 -- top                         # a command that needs a terminal
+  echo 'uptime; exit' | ssm-proxy shell web-1             # a shell fed from a pipe
+
+Escapes (on a terminal, right after Enter): ~. disconnects, ~? lists them, ~~ sends one ~.
+See docs/shell.md.")]
+pub struct ShellArgs {
+    /// Instance or managed-node id, a Name tag value, or tag:KEY=VALUE.
+    pub target: String,
+
+    /// Run this instead of a shell (after `--`). Several words are quoted for the remote sh;
+    /// one word is passed as a command line.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+
+    /// Run COMMAND on a remote terminal (AWS-StartInteractiveCommand), e.g. for top or vim.
+    #[arg(short = 't', long = "tty")]
+    pub tty: bool,
+
+    /// Session document (default: SSM-SessionManagerRunShell; with COMMAND,
+    /// AWS-StartNonInteractiveCommand, or AWS-StartInteractiveCommand with -t).
+    #[arg(long, value_name = "NAME")]
+    pub document: Option<String>,
+
+    /// Extra document parameter (repeatable); `command` comes from COMMAND.
+    #[arg(long = "parameter", value_name = "KEY=VALUE")]
+    pub parameters: Vec<String>,
+
+    /// How long to keep trying to resume a lost connection.
+    #[arg(
+        long,
+        default_value_t = 300,
+        value_name = "SECONDS",
+        env = "SSM_PROXY_RESUME_TIMEOUT"
+    )]
+    pub resume_timeout: u64,
+}
+
+/// A mistake in the arguments found after parsing; reported like clap's errors (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// `ssm-proxy ssh-config`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:
+  ssm-proxy ssh-config >> ~/.ssh/config
+  ssm-proxy ssh-config --profile prod --region eu-west-1 --send-key 'prod-*'
+  ssm-proxy ssh-config --alias '*.prod.eu-west-1' '*.default.us-east-1'")]
+pub struct SshConfigArgs {
+    /// Host patterns for the block (default: i-* mi-*).
+    #[arg(value_name = "HOST_PATTERN")]
+    pub patterns: Vec<String>,
+
+    /// Push ~/.ssh/id_*.pub with EC2 Instance Connect for ssh's user (%r) on every connection.
+    #[arg(long)]
+    pub send_key: bool,
+
+    /// The patterns are TARGET.PROFILE.REGION aliases (adds --alias).
+    #[arg(long)]
+    pub alias: bool,
+}
+
+/// `ssm-proxy doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Also check this target (id, name or tag:KEY=VALUE): found, Online, agent version.
+    pub target: Option<String>,
+}
+
+/// `ssm-proxy completions`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `ssm-proxy forward`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:
+  ssm-proxy forward i-0123456789abcdef0 -L 8888:8888             # Jupyter on the instance
+  ssm-proxy forward i-0123456789abcdef0 -L 5432:db.internal:5432 # a database behind it
+  ssm-proxy forward i-0123456789abcdef0 -L 0:80 -L 127.0.0.1:9000:localhost:9000
+
+Each -L is its own session. Without HOST (or with localhost) the document is
+AWS-StartPortForwardingSession, otherwise AWS-StartPortForwardingSessionToRemoteHost.
+LPORT 0 picks a free port. One line per forward is printed to stderr when it listens:
+  listening on 127.0.0.1:PORT -> TARGET HOST:RPORT")]
+pub struct ForwardArgs {
+    /// Instance or managed-node id.
+    pub target: String,
+
+    /// A forward: [BIND:]LPORT:[HOST:]RPORT (repeatable; BIND defaults to 127.0.0.1).
+    #[arg(short = 'L', long = "local", value_name = "[BIND:]LPORT:[HOST:]RPORT", required = true, value_parser = ForwardSpec::parse)]
+    pub forwards: Vec<ForwardSpec>,
+
+    /// How long to keep trying to resume a lost connection.
+    #[arg(
+        long,
+        default_value_t = 300,
+        value_name = "SECONDS",
+        env = "SSM_PROXY_RESUME_TIMEOUT"
+    )]
+    pub resume_timeout: u64,
+}
+
+/// One `-L` specification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSpec {
+    /// Local address to listen on.
+    pub bind: String,
+    /// Local port (0 = any free port).
+    pub local_port: u16,
+    /// Remote host as seen from the target (None = the target itself).
+    pub host: Option<String>,
+    /// Remote port.
+    pub remote_port: u16,
+}
+
+impl ForwardSpec {
+    /// Parses `[BIND:]LPORT:[HOST:]RPORT` like ssh: with three parts, a numeric first part is
+    /// LPORT (`LPORT:HOST:RPORT`), otherwise it is BIND (`BIND:LPORT:RPORT`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let port = |p: &str, zero_ok: bool| match p.parse::<u16>() {
+            Ok(n) if n > 0 || zero_ok => Ok(n),
+            _ => Err(format!("{p:?} is not a port number in {s:?}")),
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        let (bind, lport, host, rport) = match parts.as_slice() {
+            [l, r] => (None, *l, None, *r),
+            [a, b, r] if a.parse::<u16>().is_ok() => (None, *a, Some(*b), *r),
+            [a, l, r] => (Some(*a), *l, None, *r),
+            [a, l, h, r] => (Some(*a), *l, Some(*h), *r),
+            _ => return Err(format!("expected [BIND:]LPORT:[HOST:]RPORT, got {s:?}")),
+        };
+        Ok(Self {
+            bind: bind
+                .filter(|b| !b.is_empty())
+                .unwrap_or("127.0.0.1")
+                .to_owned(),
+            local_port: port(lport, true)?,
+            host: host
+                .filter(|h| !h.is_empty() && *h != "localhost")
+                .map(str::to_owned),
+            remote_port: port(rport, false)?,
+        })
+    }
+
+    /// The remote host for messages.
+    pub fn host_label(&self) -> &str {
+        self.host.as_deref().unwrap_or("localhost")
+    }
+
+    /// The session document and its parameters for this forward.
+    pub fn document(
+        &self,
+        local_port: u16,
+    ) -> (&'static str, std::collections::HashMap<String, Vec<String>>) {
+        let mut params = std::collections::HashMap::new();
+        params.insert("portNumber".to_owned(), vec![self.remote_port.to_string()]);
+        params.insert("localPortNumber".to_owned(), vec![local_port.to_string()]);
+        match &self.host {
+            None => ("AWS-StartPortForwardingSession", params),
+            Some(h) => {
+                params.insert("host".to_owned(), vec![h.clone()]);
+                ("AWS-StartPortForwardingSessionToRemoteHost", params)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ForwardSpec;
+
+    #[test]
+    fn forward_specs_parse_like_ssh() {
+        let f = |s| ForwardSpec::parse(s).map(|f| (f.bind, f.local_port, f.host, f.remote_port));
+        assert_eq!(f("8888:8888"), Ok(("127.0.0.1".into(), 8888, None, 8888)));
+        assert_eq!(
+            f("0:db.internal:5432"),
+            Ok(("127.0.0.1".into(), 0, Some("db.internal".into()), 5432))
+        );
+        assert_eq!(f("0.0.0.0:80:8080"), Ok(("0.0.0.0".into(), 80, None, 8080)));
+        assert!(f("::9000:localhost:9000").is_err());
+        assert_eq!(
+            f("127.0.0.1:9000:localhost:9000"),
+            Ok(("127.0.0.1".into(), 9000, None, 9000))
+        );
+        assert!(f("80").is_err() && f("a:b").is_err() && f("1:0").is_err());
+    }
 }
 
 /// `ssm-proxy sim`.
@@ -158,6 +407,24 @@ pub struct SimArgs {
     /// Pace the agent like the real one (1 KiB reads with a 1 ms sleep).
     #[arg(long)]
     pub paced: bool,
+
+    /// Encrypt every session with this KMS key, as a kmsKeyId in the Session Manager
+    /// preferences does (the agent asks for KMSEncryption in the handshake).
+    #[arg(long, value_name = "KEY")]
+    pub kms: Option<String>,
+
+    /// Make the fake KMS refuse this key (repeatable).
+    #[arg(long, value_name = "KEY")]
+    pub kms_deny: Vec<String>,
+
+    /// AgentVersion the simulated agent announces (≤ 3.0.196.0 means basic port forwarding).
+    #[arg(long, default_value = "3.3.1957.0", value_name = "VERSION")]
+    pub agent_version: String,
+
+    /// Add a managed node to the fleet DescribeInstanceInformation lists (repeatable):
+    /// ID[,name=NAME][,KEY=VALUE...][,offline][,agent=VERSION][,platform=Linux].
+    #[arg(long = "instance", value_name = "SPEC")]
+    pub instances: Vec<String>,
 
     /// Seed for faults and ids.
     #[arg(long, default_value_t = 1)]

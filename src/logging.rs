@@ -5,8 +5,22 @@ use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogArgs;
+
+/// Libraries whose trace output would show session tokens.
+const TOKEN_CARRIERS: [&str; 8] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_sdk_ssm",
+    "hyper",
+    "hyper_util",
+];
 
 /// Installs the global subscriber. `SSM_PROXY_LOG` (EnvFilter syntax) overrides the level.
 pub fn init(args: &LogArgs) {
@@ -20,6 +34,12 @@ pub fn init(args: &LogArgs) {
     };
     let filter = EnvFilter::try_from_env("SSM_PROXY_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{theirs},ssm_proxy={ours}")));
+    // At trace level these libraries dump request and response bodies and websocket frames,
+    // which carry the session token: their trace output is dropped, whatever SSM_PROXY_LOG says.
+    let no_token_dumps = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() != tracing::Level::TRACE
+            || !TOKEN_CARRIERS.iter().any(|c| meta.target().starts_with(c))
+    });
     // Timestamps (since start) only where they help: debugging latency.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -36,7 +56,13 @@ pub fn init(args: &LogArgs) {
     match file {
         Some(f) => builder
             .with_writer(std::io::stderr.and(Mutex::new(f)))
+            .finish()
+            .with(no_token_dumps)
             .init(),
-        None => builder.with_writer(std::io::stderr).init(),
+        None => builder
+            .with_writer(std::io::stderr)
+            .finish()
+            .with(no_token_dumps)
+            .init(),
     }
 }

@@ -6,6 +6,11 @@ use ssm_proxy::cli::{Cli, Command};
 use ssm_proxy::{front, logging};
 
 fn main() {
+    // `aws ssm start-session` runs us as session-manager-plugin: decided before clap (§1.3).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(invocation) = front::plugin::detect(&argv) {
+        std::process::exit(plugin_main(invocation));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => std::process::exit(usage_error(e)),
@@ -31,6 +36,12 @@ fn main() {
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Sim(args)) => front::sim::run(args).await,
+            Some(Command::Forward(args)) => front::forward::run(args, cli.aws.clone()).await,
+            Some(Command::SshConfig(args)) => front::ssh_config::run(&args, &cli.aws),
+            Some(Command::Doctor(args)) => front::doctor::run(args, cli.aws.clone()).await,
+            Some(Command::Completions(args)) => front::manual::completions(args.shell),
+            Some(Command::Man) => front::manual::man(),
+            Some(Command::Shell(args)) => front::shell::run(args, cli.aws.clone()).await,
             None => front::proxy::run(cli).await,
         }
     });
@@ -40,12 +51,71 @@ fn main() {
     std::process::exit(i32::from(code))
 }
 
+/// The session-manager-plugin entry; returns the exit status.
+fn plugin_main(invocation: front::plugin::Invocation) -> i32 {
+    use front::plugin::Invocation;
+    let args = match invocation {
+        Invocation::Version => {
+            // The AWS CLI runs this before every session: print the bare number, nothing else.
+            println!("{}", front::plugin::PLUGIN_VERSION);
+            return 0;
+        }
+        Invocation::Installed => {
+            println!("{}", front::plugin::installed_message());
+            return 0;
+        }
+        Invocation::Unknown(what) => {
+            eprintln!(
+                "ssm-proxy: unknown session-manager-plugin arguments {what:?}: the AWS CLI runs \
+                 it (aws ssm start-session); see ssm-proxy --help for ssm-proxy's own modes"
+            );
+            return 2;
+        }
+        Invocation::Session(args) => args,
+    };
+    let response = match args.response_env() {
+        None => args.response.clone(),
+        Some(name) => {
+            let value = std::env::var(name).unwrap_or_default();
+            // SAFETY: nothing else runs yet (no runtime, no logging, no other thread), so no
+            // one reads the environment concurrently. Unset so the token reaches no child (§1.3).
+            unsafe { std::env::remove_var(name) };
+            value
+        }
+    };
+    logging::init(&ssm_proxy::cli::LogArgs {
+        verbose: 0,
+        quiet: false,
+        log_file: std::env::var_os("SSM_PROXY_LOG_FILE").map(Into::into),
+    });
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return i32::from(fail(&anyhow::anyhow!(
+                "cannot start the async runtime: {e}"
+            )));
+        }
+    };
+    let result = runtime.block_on(front::plugin::run(args, &response));
+    let code = result.unwrap_or_else(|e| fail(&e));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(10));
+    i32::from(code)
+}
+
 fn fail(err: &anyhow::Error) -> u8 {
     eprintln!("ssm-proxy: {}", one_line(&format!("{err:#}")));
     err.chain()
         .find_map(|e| {
             e.downcast_ref::<ssm_proxy::aws::AwsError>()
                 .map(|a| a.exit_code())
+        })
+        .or_else(|| {
+            err.chain()
+                .find(|e| e.is::<ssm_proxy::cli::UsageError>())
+                .map(|_| 2)
         })
         .or_else(|| {
             err.chain().find_map(

@@ -1,7 +1,14 @@
+mod e2e_doctor;
+mod e2e_eic;
 mod e2e_errors;
 mod e2e_faults;
+mod e2e_forward;
 mod e2e_memory;
+mod e2e_network;
+mod e2e_plugin;
+mod e2e_shell;
 mod e2e_ssh;
+mod e2e_targets;
 mod fuzz;
 mod golden;
 mod session;

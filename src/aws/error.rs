@@ -53,6 +53,76 @@ pub enum AwsError {
         /// Transport error text.
         detail: String,
     },
+    /// IAM refused DescribeInstanceInformation (needed to look targets up by name or tag).
+    #[error(
+        "access denied: {0}: allow ssm:DescribeInstanceInformation to look instances up by name or tag, or use the instance id"
+    )]
+    DescribeDenied(String),
+    /// IAM refused EC2 Instance Connect.
+    #[error(
+        "access denied: {0}: allow ec2-instance-connect:SendSSHPublicKey on this instance (for this ec2:osuser) in your IAM policy"
+    )]
+    EicDenied(String),
+    /// EC2 Instance Connect refused the key for another reason.
+    #[error(
+        "EC2 Instance Connect refused the key for {instance} ({code}: {message}): check that it is a running EC2 instance with ec2-instance-connect installed and that the key is an OpenSSH RSA, ECDSA or ED25519 public key"
+    )]
+    EicRefused {
+        /// Instance id.
+        instance: String,
+        /// Error code.
+        code: String,
+        /// Error message.
+        message: String,
+    },
+    /// No managed node carries this name or tag.
+    #[error(
+        "no managed instance {what} in {region}: check the spelling, the region and the profile (`ssm-proxy doctor` shows them), or use the instance id"
+    )]
+    NoMatch {
+        /// `named "web-1"` or `tagged Role=web`.
+        what: String,
+        /// Region searched.
+        region: String,
+    },
+    /// Several managed nodes carry this name or tag.
+    #[error(
+        "{count} managed instances {what} in {region}: {list}: use the instance id, or a tag:KEY=VALUE that picks one"
+    )]
+    Ambiguous {
+        /// `named "web-1"` or `tagged Role=web`.
+        what: String,
+        /// Region searched.
+        region: String,
+        /// How many matched.
+        count: usize,
+        /// `i-… (name, status, agent version), …`.
+        list: String,
+    },
+    /// The node exists but its agent is not connected.
+    #[error(
+        "instance {id} {what} is {status} in {region}, not Online: start the instance, or check that its SSM agent is running and can reach SSM"
+    )]
+    Offline {
+        /// Instance id.
+        id: String,
+        /// `named "web-1"` or `tagged Role=web`.
+        what: String,
+        /// Its PingStatus.
+        status: String,
+        /// Region searched.
+        region: String,
+    },
+    /// The EC2 Instance Connect endpoint could not be reached.
+    #[error(
+        "could not reach the EC2 Instance Connect endpoint {endpoint}: {detail}: check the network, proxy settings (HTTPS_PROXY) and AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT"
+    )]
+    EicUnreachable {
+        /// URL tried.
+        endpoint: String,
+        /// Transport error text.
+        detail: String,
+    },
     /// Anything else the service said.
     #[error("SSM error {code}: {message}")]
     Service {
@@ -60,6 +130,16 @@ pub enum AwsError {
         code: String,
         /// Error message.
         message: String,
+    },
+    /// KMS refused or could not provide a data key for session encryption.
+    #[error(
+        "KMS key {key} cannot encrypt this session ({why}): allow kms:GenerateDataKey on that key for your identity, or check the key id in the Session Manager preferences"
+    )]
+    Kms {
+        /// Key id or ARN the agent asked for.
+        key: String,
+        /// What KMS said.
+        why: String,
     },
     /// Everything else.
     #[error("{0}")]
@@ -77,9 +157,22 @@ impl AwsError {
     /// unavailable target or network 69, anything else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::NoCredentials | Self::BadCredentials(_) | Self::AccessDenied(_) => 77,
-            Self::NoRegion | Self::InvalidDocument(_) | Self::InvalidParameters(_) => 78,
-            Self::TargetNotConnected { .. } | Self::Unreachable { .. } => 69,
+            Self::NoCredentials
+            | Self::BadCredentials(_)
+            | Self::AccessDenied(_)
+            | Self::DescribeDenied(_)
+            | Self::EicDenied(_)
+            | Self::Kms { .. } => 77,
+            Self::NoRegion
+            | Self::InvalidDocument(_)
+            | Self::InvalidParameters(_)
+            | Self::Ambiguous { .. } => 78,
+            Self::TargetNotConnected { .. }
+            | Self::Unreachable { .. }
+            | Self::NoMatch { .. }
+            | Self::Offline { .. }
+            | Self::EicRefused { .. }
+            | Self::EicUnreachable { .. } => 69,
             _ => 1,
         }
     }

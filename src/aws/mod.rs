@@ -1,8 +1,13 @@
 //! The control plane through the real AWS SDK: configuration (profile, region, credentials,
 //! endpoint overrides), StartSession, ResumeSession and TerminateSession, and the mapping of
-//! every failure to one line that names the cause and the fix.
+//! every failure to one line that names the cause and the fix. Beside them: the managed-node
+//! inventory (`inventory`), EC2 Instance Connect (`eic`) and the caller identity (`identity`).
 
+mod eic;
 mod error;
+mod identity;
+mod inventory;
+mod kms;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,6 +22,9 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ssm::config::Region;
 
 pub use error::AwsError;
+pub use identity::Identity;
+pub use inventory::ManagedNode;
+pub use kms::DataKey;
 
 /// Where the AWS configuration comes from, as the user gave it.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +63,8 @@ pub struct Aws {
     ssm: aws_sdk_ssm::Client,
     region: String,
     endpoint: String,
+    /// The loaded configuration, for the clients of other services (EC2 Instance Connect, STS).
+    sdk: aws_config::SdkConfig,
 }
 
 impl Aws {
@@ -121,12 +131,18 @@ impl Aws {
             ssm: aws_sdk_ssm::Client::from_conf(conf),
             region: region.to_string(),
             endpoint,
+            sdk,
         })
     }
 
     /// The resolved region.
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// The SSM endpoint in use (for messages and `doctor`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// StartSession with a document and its parameters.

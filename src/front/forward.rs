@@ -145,6 +145,7 @@ impl Forward {
         let span = tracing::info_span!("session", id = %grant.session_id);
         let config = DriverConfig {
             resume_timeout: Duration::from_secs(self.resume_timeout),
+            target: self.target.clone(),
             ..Default::default()
         };
         let mut driver = Driver::connect(self.aws.clone(), grant, config)

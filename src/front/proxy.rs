@@ -1,25 +1,42 @@
-//! The ProxyCommand relay (`ssm-proxy %h %p`): AWS-StartSSHSession, stdin → data channel →
-//! stdout, and nothing else ever on stdout (§8.2, pitfall 7).
+//! The ProxyCommand relay (`ssm-proxy %h %p`): resolve the target (id, name, tag, alias), push a
+//! key with EC2 Instance Connect if asked, StartSession with AWS-StartSSHSession, then stdin →
+//! data channel → stdout, and nothing else ever on stdout (§8.2, pitfall 7). [`relay`] is the
+//! part the session-manager-plugin entry shares.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::aws::{Aws, AwsOptions};
-use crate::cli::Cli;
+use crate::aws::{Aws, AwsOptions, SessionGrant};
+use crate::cli::{Cli, UsageError};
+use crate::front::target::{self, Alias, TargetSpec};
 use crate::os;
-use crate::proto::SessionConfig;
+use crate::proto::{SessionConfig, SessionKind};
+use crate::transport::websocket::{self, NetConfig};
 use crate::transport::{DriveError, Driver, DriverConfig, End, Outcome, stdio};
+
+/// Public keys `--send-key` tries, in order, under `~/.ssh`.
+const DEFAULT_KEYS: [&str; 3] = ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"];
 
 /// Runs one relay session; returns the process exit status.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let target = cli.target.clone().unwrap_or_default();
+    let given = cli.target.clone().unwrap_or_default();
+    let (target_text, profile, region) = if cli.alias {
+        let a = Alias::parse(&given)?;
+        (a.target, a.profile.or(cli.aws.profile), Some(a.region))
+    } else {
+        (given, cli.aws.profile, cli.aws.region)
+    };
+    let spec = TargetSpec::parse(&target_text)?;
     let mut parameters: HashMap<String, Vec<String>> = HashMap::new();
     for p in &cli.parameters {
-        let (k, v) = p.split_once('=').with_context(|| {
-            format!("--parameter {p:?} is not KEY=VALUE: write e.g. --parameter host=db.internal")
+        let (k, v) = p.split_once('=').ok_or_else(|| {
+            UsageError(format!(
+                "--parameter {p:?} is not KEY=VALUE: write e.g. --parameter host=db.internal"
+            ))
         })?;
         parameters
             .entry(k.to_owned())
@@ -27,34 +44,99 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             .push(v.to_owned());
     }
     parameters.insert("portNumber".into(), vec![cli.port.to_string()]);
+    let send_key = match &cli.send_key {
+        None => None,
+        Some(arg) => {
+            let user = cli.user.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
+                UsageError("--send-key needs the OS user: add --user %r to the ProxyCommand".into())
+            })?;
+            Some((user, public_key(arg)?))
+        }
+    };
+    websocket::configure(NetConfig {
+        endpoint_override: cli.aws.ssmmessages_endpoint.clone(),
+    })?;
     let mut signals = os::signals();
     let opts = AwsOptions {
-        profile: cli.aws.profile,
-        region: cli.aws.region,
+        profile: profile.clone(),
+        region,
         endpoint_url: cli.aws.endpoint_url,
     };
     let aws = Aws::load(&opts).await?;
-    let grant = tokio::select! {
-        g = aws.start_session(&target, &cli.document, parameters) => g?,
+    let prepare = async {
+        let target = target::resolve(&aws, &spec, profile.as_deref(), !cli.no_cache).await?;
+        if let Some((user, key)) = &send_key {
+            if !target.starts_with("i-") {
+                return Err(anyhow::Error::new(UsageError(format!(
+                    "--send-key works only for EC2 instances (i-…), not {target}: drop --send-key \
+                     and put your key in the node's authorized_keys"
+                ))));
+            }
+            aws.send_ssh_public_key(&target, user, key).await?;
+            tracing::info!(%target, %user, "public key pushed with EC2 Instance Connect");
+        }
+        let grant = aws
+            .start_session(&target, &cli.document, parameters)
+            .await?;
+        anyhow::Ok((target, grant))
+    };
+    let (target, grant) = tokio::select! {
+        r = prepare => r?,
         sig = signals.recv() => return Ok(os::signal_exit_code(sig.unwrap_or(os::SIGINT))),
     };
-    let session_id = grant.session_id.clone();
-    let config = DriverConfig {
+    let config = driver_config(cli.max_payload, cli.resume_timeout, cli.dead_after);
+    relay(aws, grant, &target, config, &mut signals).await
+}
+
+/// Driver settings from the relay's tunables.
+pub fn driver_config(max_payload: usize, resume_timeout: u64, dead_after: u64) -> DriverConfig {
+    DriverConfig {
         session: SessionConfig {
-            max_payload: cli.max_payload.clamp(1, 64 * 1024),
+            max_payload: max_payload.clamp(1, 64 * 1024),
             ..Default::default()
         },
-        resume_timeout: Duration::from_secs(cli.resume_timeout),
-        dead_after: Duration::from_secs(cli.dead_after.max(1)),
-        ping_interval: Duration::from_secs(cli.dead_after.clamp(1, 30)) / 3,
+        resume_timeout: Duration::from_secs(resume_timeout),
+        dead_after: Duration::from_secs(dead_after.max(1)),
+        ping_interval: Duration::from_secs(dead_after.clamp(1, 30)) / 3,
         ..Default::default()
+    }
+}
+
+/// Relays stdin and stdout over a started Stream session until it ends, and leaves nothing
+/// running on the service if it fails. Used by proxy mode and by the session-manager-plugin
+/// entry (which gets its grant from the AWS CLI).
+pub async fn relay(
+    aws: Aws,
+    grant: SessionGrant,
+    target: &str,
+    config: DriverConfig,
+    signals: &mut mpsc::Receiver<i32>,
+) -> anyhow::Result<u8> {
+    let session_id = grant.session_id.clone();
+    let config = DriverConfig {
+        target: target.to_owned(),
+        ..config
     };
     let span = tracing::info_span!("session", id = %session_id, %target);
-    let result = async {
+    let result: anyhow::Result<Outcome> = async {
         tracing::info!("session started");
-        let mut driver = Driver::connect(aws.clone(), grant, config).await?;
+        let mut driver = Driver::connect(aws.clone(), grant, config)
+            .await
+            .map_err(anyhow::Error::from)?;
         let (local, stdout_done) = stdio::local();
-        let outcome = driver.run(local, None, &mut signals).await;
+        // A port-forwarding document would mix smux frames into ssh's byte stream.
+        let (ready, kind_rx) = oneshot::channel();
+        let outcome = {
+            let run = driver.run(local, Some(ready), signals);
+            tokio::pin!(run);
+            tokio::select! {
+                outcome = &mut run => outcome,
+                Ok(kind) = kind_rx => match kind {
+                    SessionKind::Stream => run.await,
+                    other => return Err(NotStream(other).into()),
+                },
+            }
+        };
         tracing::info!(resumes = driver.resumes(), ?outcome, "session over");
         // On a normal end, what was received must reach stdout before we exit.
         if let Ok(Outcome {
@@ -64,7 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         {
             stdout_done.wait(Duration::from_secs(30));
         }
-        outcome
+        Ok(outcome?)
     }
     .instrument(span)
     .await;
@@ -75,10 +157,85 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }),
         Err(e) => {
             // Leave nothing running on the service, whatever went wrong here.
-            if !matches!(e, DriveError::Gone | DriveError::ClosedWithError(_)) {
+            let over = matches!(
+                e.downcast_ref::<DriveError>(),
+                Some(DriveError::Gone | DriveError::ClosedWithError(_))
+            );
+            if !over {
                 let _ = aws.terminate_session(&session_id).await;
             }
-            Err(e.into())
+            Err(e)
         }
+    }
+}
+
+/// The session is not a single byte stream.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the document started a {} session, not an SSH byte stream: use AWS-StartSSHSession here, \
+     and `ssm-proxy forward` for port forwarding",
+    match .0 { SessionKind::Shell => "shell", _ => "port-forwarding" }
+)]
+struct NotStream(SessionKind);
+
+/// The OpenSSH public key for `--send-key`: `arg` empty means the first default key under
+/// `~/.ssh`; a value starting with a key type is the key itself; anything else is a path.
+pub fn public_key(arg: &str) -> anyhow::Result<String> {
+    let looks_like_key = |s: &str| {
+        [
+            "ssh-ed25519 ",
+            "ssh-rsa ",
+            "ecdsa-sha2-",
+            "sk-ssh-ed25519@",
+            "sk-ecdsa-sha2-",
+        ]
+        .iter()
+        .any(|k| s.starts_with(k))
+    };
+    let arg = arg.trim();
+    if looks_like_key(arg) {
+        return Ok(arg.to_owned());
+    }
+    let home = dirs::home_dir();
+    let path = if arg.is_empty() {
+        let dir = home.map(|h| h.join(".ssh")).unwrap_or_default();
+        DEFAULT_KEYS
+            .iter()
+            .map(|k| dir.join(k))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "--send-key: no public key in {} (id_ed25519.pub, id_ecdsa.pub, id_rsa.pub): \
+                     create one with ssh-keygen -t ed25519, or pass --send-key=PATH",
+                    dir.display()
+                ))
+            })?
+    } else if let (Some(rest), Some(home)) = (arg.strip_prefix("~/"), home) {
+        home.join(rest)
+    } else {
+        PathBuf::from(arg)
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        UsageError(format!(
+            "--send-key: cannot read {} ({e}): pass the path of an OpenSSH public key (.pub)",
+            path.display()
+        ))
+    })?;
+    let key = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
+    match key {
+        Some(k) if looks_like_key(k) => Ok(k.to_owned()),
+        _ if text.contains("PRIVATE KEY") => Err(UsageError(format!(
+            "--send-key: {} is a private key: pass the .pub file beside it",
+            path.display()
+        ))
+        .into()),
+        _ => Err(UsageError(format!(
+            "--send-key: {} is not an OpenSSH public key (ssh-ed25519 AAAA…): pass a .pub file",
+            path.display()
+        ))
+        .into()),
     }
 }

@@ -10,7 +10,14 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
     let parse = |s: &str, which: &str| {
         FaultPlan::parse(s).map_err(|e| anyhow::anyhow!("--faults-{which}: {e}"))
     };
+    let mut fleet = crate::sim::fleet::default_fleet();
+    for spec in &args.instances {
+        fleet.push(
+            crate::sim::SimInstance::parse(spec).map_err(|e| anyhow::anyhow!("--instance: {e}"))?,
+        );
+    }
     let config = SimConfig {
+        fleet,
         offline: args.offline,
         denied: args.deny,
         up: parse(&args.faults_up, "up")?,
@@ -20,6 +27,9 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
         pauses: crate::sim::PausePlan::parse(&args.pauses)
             .map_err(|e| anyhow::anyhow!("--pauses: {e}"))?,
         paced: args.paced,
+        agent_version: args.agent_version,
+        kms_key: args.kms,
+        kms_denied: args.kms_deny,
         seed: args.seed,
         ..Default::default()
     };

@@ -16,4 +16,5 @@ pub mod session;
 pub use frame::{Frame, FrameError, MessageType};
 pub use handshake::SessionKind;
 pub use session::{Event, Session, SessionConfig};
+pub mod crypto;
 pub mod smux;

@@ -13,11 +13,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use uuid::Uuid;
 
+use super::crypto::{Cipher, Side};
 use super::frame::{Frame, MessageType, flag, flags, ptype};
 use super::handshake::{self, SessionKind};
 use super::inbox::{Arrival, Inbox};
 use super::outbox::Outbox;
 use super::payload::{Acknowledge, ChannelClosed, HandshakeComplete, HandshakeRequest, Size};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 
 /// Version we report; realistic and above every threshold of §5.5 (pitfall 9).
 pub const CLIENT_VERSION: &str = "1.2.707.0";
@@ -83,12 +86,23 @@ pub enum Event {
     },
     /// The session could not be established.
     Failed(String),
+    /// The agent asks for KMS encryption: call GenerateDataKey (64 bytes) with this key and the
+    /// encryption context of §6 (plus `aws:ssm:RandomChallenge` = `challenge` when present),
+    /// then answer with [`Session::set_data_key`] or [`Session::data_key_failed`].
+    DataKeyNeeded {
+        /// KMSKeyId from the request.
+        key_id: String,
+        /// The random challenge the agent offers for the encryption context.
+        challenge: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Waiting for HandshakeRequest (or, for a shell without handshake, the first output).
     Opening,
+    /// The HandshakeRequest asks for KMS encryption: waiting for the caller's data key.
+    AwaitingKey,
     /// HandshakeResponse sent; waiting for HandshakeComplete.
     Handshaking(Option<SessionKind>),
     Ready(SessionKind),
@@ -125,6 +139,9 @@ pub struct Session {
     events: VecDeque<Event>,
     paused_since: Option<Instant>,
     agent_version: Option<String>,
+    /// The HandshakeRequest waiting for a data key.
+    pending_request: Option<HandshakeRequest>,
+    cipher: Option<Cipher>,
     rng: u64,
     stats: Stats,
 }
@@ -146,6 +163,8 @@ impl Session {
             events: VecDeque::new(),
             paused_since: None,
             agent_version: None,
+            pending_request: None,
+            cipher: None,
             stats: Stats::default(),
         }
     }
@@ -229,6 +248,30 @@ impl Session {
                     self.become_ready(kind.unwrap_or(SessionKind::Stream), String::new());
                 }
             }
+            ptype::ENC_CHALLENGE_REQUEST => self.on_challenge(now, frame),
+            ptype::OUTPUT | ptype::STDERR | ptype::EXIT_CODE if self.cipher.is_some() => {
+                let plain = self.cipher.as_ref().map(|c| c.open(&frame.payload));
+                match plain {
+                    Some(Ok(payload)) => {
+                        let clear = Frame {
+                            payload,
+                            ..frame.clone()
+                        };
+                        return self.process_clear(&clear, must_take);
+                    }
+                    _ => self.fail(
+                        "data from the agent does not decrypt with the session's KMS key".into(),
+                    ),
+                }
+            }
+            _ => return self.process_clear(frame, must_take),
+        }
+        true
+    }
+
+    /// Output, stderr, exit code and flags after any decryption.
+    fn process_clear(&mut self, frame: &Frame, must_take: bool) -> bool {
+        match frame.payload_type {
             ptype::OUTPUT => {
                 if self.state == State::Opening {
                     // §5.1: no handshake; the first output makes this a shell.
@@ -264,14 +307,103 @@ impl Session {
             return;
         }
         let req: HandshakeRequest = serde_json::from_slice(&frame.payload).unwrap_or_default();
-        let eval = handshake::evaluate(&req, CLIENT_VERSION, None);
+        let kms = req
+            .requested_client_actions
+            .iter()
+            .find(|a| a.action_type == "KMSEncryption");
+        if let Some(kms) = kms {
+            let param = |k: &str| {
+                kms.action_parameters
+                    .get(k)
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            };
+            self.events.push_back(Event::DataKeyNeeded {
+                key_id: param("KMSKeyId").unwrap_or_default(),
+                challenge: param("Challenge"),
+            });
+            self.agent_version = Some(req.agent_version.clone());
+            self.pending_request = Some(req);
+            self.state = State::AwaitingKey;
+            return;
+        }
+        self.respond_to_handshake(now, &req, None);
+    }
+
+    /// Answers a HandshakeRequest; `kms_result` is the KMSEncryption ActionResult, if any.
+    fn respond_to_handshake(
+        &mut self,
+        now: Instant,
+        req: &HandshakeRequest,
+        kms_result: Option<serde_json::Value>,
+    ) {
+        let eval = handshake::evaluate(req, CLIENT_VERSION, kms_result);
         tracing::debug!(agent = %req.agent_version, kind = ?eval.kind, "handshake request");
         let body = serde_json::to_vec(&eval.response).unwrap_or_default();
         self.send_stream(now, ptype::HANDSHAKE_RESPONSE, Bytes::from(body));
         self.state = State::Handshaking(eval.kind);
-        self.agent_version = Some(req.agent_version);
+        self.agent_version = Some(req.agent_version.clone());
         if eval.kind.is_none() {
             self.fail("the agent asked for a session type this client does not know".into());
+        }
+    }
+
+    /// The data key for KMS encryption (§6): `plaintext` from GenerateDataKey (64 bytes) and
+    /// its `ciphertext` blob, which goes to the agent in the HandshakeResponse.
+    pub fn set_data_key(&mut self, now: Instant, plaintext: &[u8], ciphertext: &[u8]) {
+        let Some(req) = self.pending_request.take() else {
+            return;
+        };
+        match Cipher::new(Side::Client, plaintext, self.rng) {
+            Ok(cipher) => self.cipher = Some(cipher),
+            Err(e) => return self.fail(e.to_string()),
+        }
+        let challenge = req.requested_client_actions.iter().any(|a| {
+            a.action_type == "KMSEncryption" && a.action_parameters.get("Challenge").is_some()
+        });
+        let mut result = serde_json::json!({
+            "KMSCipherTextKey": BASE64.encode(ciphertext),
+            "KMSCipherTextHash": null,
+        });
+        if challenge {
+            result["ChallengeAcknowledgement"] = serde_json::Value::Bool(true);
+        }
+        self.respond_to_handshake(now, &req, Some(result));
+    }
+
+    /// GenerateDataKey failed: the session cannot be established.
+    pub fn data_key_failed(&mut self, why: String) {
+        self.pending_request = None;
+        self.fail(why);
+    }
+
+    /// §6: the agent sends 64 random bytes encrypted with its key; we prove we hold the data key
+    /// by sending them back encrypted with ours.
+    fn on_challenge(&mut self, now: Instant, frame: &Frame) {
+        let body: serde_json::Value = serde_json::from_slice(&frame.payload).unwrap_or_default();
+        let sealed = body
+            .get("Challenge")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|c| BASE64.decode(c).ok());
+        let answer = match (&mut self.cipher, sealed) {
+            (Some(cipher), Some(sealed)) => cipher.open(&sealed).map(|plain| cipher.seal(&plain)),
+            _ => {
+                return self.fail(
+                    "the agent sent an encryption challenge but KMS encryption was never set up"
+                        .into(),
+                );
+            }
+        };
+        match answer {
+            Ok(answer) => {
+                let body = serde_json::json!({"Challenge": BASE64.encode(answer)});
+                self.send_stream(now, ptype::ENC_CHALLENGE_RESPONSE, Bytes::from(body.to_string()));
+            }
+            Err(_) => self.fail(
+                "the agent's KMS encryption challenge does not decrypt with our data key (the agent \
+                 and this client disagree on the key)"
+                    .into(),
+            ),
         }
     }
 
@@ -332,8 +464,10 @@ impl Session {
     /// Runs the timers: retransmissions, the ready deadline and the pause watchdog.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.outbox.resend_due(now, &mut self.transmit);
-        if matches!(self.state, State::Opening | State::Handshaking(_))
-            && now >= self.start + self.config.ready_timeout
+        if matches!(
+            self.state,
+            State::Opening | State::AwaitingKey | State::Handshaking(_)
+        ) && now >= self.start + self.config.ready_timeout
         {
             self.fail(format!(
                 "the agent did not complete the handshake within {} s",
@@ -392,8 +526,11 @@ impl Session {
 
     /// When [`Session::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let ready = matches!(self.state, State::Opening | State::Handshaking(_))
-            .then(|| self.start + self.config.ready_timeout);
+        let ready = matches!(
+            self.state,
+            State::Opening | State::AwaitingKey | State::Handshaking(_)
+        )
+        .then(|| self.start + self.config.ready_timeout);
         let pause = self.paused_since.map(|t| t + self.config.pause_watchdog);
         [self.outbox.next_deadline(), ready, pause]
             .into_iter()
@@ -439,6 +576,11 @@ impl Session {
     }
 
     fn send_stream(&mut self, now: Instant, payload_type: u32, payload: Bytes) {
+        // §6: of the client's messages only Output is encrypted.
+        let payload = match (&mut self.cipher, payload_type) {
+            (Some(cipher), ptype::OUTPUT) => cipher.seal(&payload),
+            _ => payload,
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         let len = payload.len();

@@ -98,7 +98,7 @@ impl Mux {
 
     /// Queues data on a stream, split into frames of at most [`MAX_FRAME`].
     pub fn send(&mut self, id: u32, data: &[u8]) {
-        if !self.streams.get(&id).is_some_and(|s| !s.fin_sent) {
+        if self.streams.get(&id).is_none_or(|s| s.fin_sent) {
             return;
         }
         for chunk in data.chunks(MAX_FRAME) {
@@ -147,6 +147,7 @@ impl Mux {
         Ok(())
     }
 
+    #[allow(clippy::collapsible_match)]
     fn on_frame(&mut self, command: u8, id: u32, body: Bytes) {
         match command {
             cmd::SYN => {

@@ -1,4 +1,5 @@
-//! A sans-IO model of amazon-ssm-agent's data channel for Port sessions (protocol.md §12.1).
+//! A sans-IO model of amazon-ssm-agent's data channel for Port sessions (protocol.md §12.1) and
+//! the shell plugins (§12.3, §12.4: no handshake for shells, UTF-8 chunking, ExitCode).
 //!
 //! Written from the agent's behaviour, not from our client: it shares only the frame codec and
 //! payload types with `proto::session`, so a misreading on one side cannot make both agree. Like
@@ -13,8 +14,12 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::proto::crypto::{Cipher, Side};
 use crate::proto::frame::{Frame, MessageType, flag, flags, ptype};
-use crate::proto::payload::{Acknowledge, HandshakeResponse, status};
+use crate::proto::payload::{Acknowledge, HandshakeResponse, Size, status};
 use crate::proto::rto::RttEstimator;
 use crate::proto::session::splitmix;
 
@@ -40,6 +45,12 @@ pub struct AgentConfig {
     pub target_backlog_limit: usize,
     /// Seed for message ids.
     pub seed: u64,
+    /// The plugin the document runs: Port, or one of the shell plugins.
+    pub plugin: Plugin,
+    /// KMS key to encrypt the session with (the preferences' kmsKeyId), if any (§6).
+    pub kms_key: Option<String>,
+    /// Send an encryption challenge the client cannot decrypt (tests the failure path).
+    pub bad_challenge: bool,
 }
 
 impl Default for AgentConfig {
@@ -51,7 +62,50 @@ impl Default for AgentConfig {
             window: 1024,
             target_backlog_limit: 1024 * 1024,
             seed: 1,
+            plugin: Plugin::Port,
+            kms_key: None,
+            bad_challenge: false,
         }
+    }
+}
+
+/// The agent plugin a document runs (§1.2, §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plugin {
+    /// SSH and port forwarding: handshake, then destination connections.
+    Port,
+    /// Standard_Stream: the user's shell on a pty, no handshake.
+    Shell,
+    /// InteractiveCommands: one command on a pty, no handshake.
+    InteractiveCommands,
+    /// NonInteractiveCommands: one command on pipes; handshake, StdErr and ExitCode payloads.
+    NonInteractiveCommands,
+}
+
+impl Plugin {
+    /// The SessionType of the HandshakeRequest.
+    pub fn session_type(self) -> &'static str {
+        match self {
+            Self::Port => "Port",
+            Self::Shell => "Standard_Stream",
+            Self::InteractiveCommands => "InteractiveCommands",
+            Self::NonInteractiveCommands => "NonInteractiveCommands",
+        }
+    }
+
+    /// Whether the plugin itself asks for a handshake (§5.1; KMS asks for one regardless).
+    pub fn needs_handshake(self) -> bool {
+        matches!(self, Self::Port | Self::NonInteractiveCommands)
+    }
+
+    /// One of the shell plugins (Standard_Stream and the two command types).
+    pub fn is_shell(self) -> bool {
+        self != Self::Port
+    }
+
+    /// Whether the program runs on a pty (and Size messages resize it).
+    pub fn uses_pty(self) -> bool {
+        matches!(self, Self::Shell | Self::InteractiveCommands)
     }
 }
 
@@ -77,12 +131,28 @@ pub enum AgentEvent {
     CloseTarget,
     /// The session is over; the service tells the client with `channel_closed` and this text.
     Finished(String),
+    /// KMS Decrypt of the client's data key blob with this encryption context; answer with
+    /// [`Agent::set_data_key`].
+    DecryptKey {
+        /// CiphertextBlob from the HandshakeResponse.
+        blob: Vec<u8>,
+        /// The challenge to add to the context when the client acknowledged it.
+        challenge: Option<String>,
+    },
+    /// Resize the pty (shell plugins, PayloadType Size).
+    Resize(Size),
+    /// A message for the service only (`agent_session_state`), never relayed to the client.
+    ToService(Bytes),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
     AwaitResponse(Instant),
+    /// Waiting for KMS to decrypt the client's data key.
+    AwaitKey(Instant),
+    /// EncChallengeRequest sent; waiting for the response.
+    AwaitChallenge(Instant),
     Running,
     Draining(Instant),
     Done,
@@ -113,12 +183,21 @@ pub struct Agent {
     before_dial: Vec<Bytes>,
     paused: bool,
     client_version: String,
+    /// The session's KMS cipher once the data key is known.
+    cipher: Option<Cipher>,
+    /// Challenge offered for the encryption context (base64).
+    kms_challenge: String,
+    /// The 64 bytes the client must send back.
+    challenge_secret: Vec<u8>,
     mode: PortMode,
     /// Basic mode: the destination was closed by DisconnectToPort; dial again on new data.
     redial: bool,
     transmit: VecDeque<Bytes>,
     events: VecDeque<AgentEvent>,
     rng: u64,
+    /// Shell plugins: the incomplete UTF-8 sequence at the end of the last read, per stream
+    /// (0 stdout, 1 stderr), sent with the next read (§12.3).
+    text_tail: [Vec<u8>; 2],
 }
 
 impl Agent {
@@ -139,10 +218,14 @@ impl Agent {
             before_dial: Vec::new(),
             paused: false,
             client_version: String::new(),
+            cipher: None,
+            kms_challenge: String::new(),
+            challenge_secret: Vec::new(),
             mode: PortMode::Stream,
             redial: false,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
+            text_tail: [Vec::new(), Vec::new()],
         }
     }
 
@@ -151,13 +234,34 @@ impl Agent {
         if self.phase != Phase::Idle {
             return;
         }
-        let request = json!({
-            "AgentVersion": self.config.version,
-            "RequestedClientActions": [{
-                "ActionType": "SessionType",
-                "ActionParameters": {"SessionType": "Port", "Properties": self.config.properties},
-            }],
-        });
+        if !self.config.plugin.needs_handshake() && self.config.kms_key.is_none() {
+            // §5.1: no handshake; the shell starts at once and its first output (seq 0, SYN)
+            // tells the client what kind of session this is.
+            self.phase = Phase::Running;
+            self.events.push_back(AgentEvent::Dial);
+            return;
+        }
+        // Properties are the document's for Port and null for the shell plugins (§5.3).
+        let properties = match self.config.plugin {
+            Plugin::Port => self.config.properties.clone(),
+            _ => Value::Null,
+        };
+        let mut actions = vec![json!({
+            "ActionType": "SessionType",
+            "ActionParameters": {"SessionType": self.config.plugin.session_type(), "Properties": properties},
+        })];
+        if let Some(key) = &self.config.kms_key {
+            let challenge: Vec<u8> = (0..2)
+                .flat_map(|_| splitmix(&mut self.rng).to_le_bytes())
+                .collect();
+            self.kms_challenge = BASE64.encode(challenge);
+            actions.push(json!({
+                "ActionType": "KMSEncryption",
+                "ActionParameters": {"KMSKeyId": key, "Challenge": self.kms_challenge},
+            }));
+        }
+        let request =
+            json!({"AgentVersion": self.config.version, "RequestedClientActions": actions});
         self.send(
             now,
             ptype::HANDSHAKE_REQUEST,
@@ -218,6 +322,21 @@ impl Agent {
     /// Processes one in-order client message; false means "handler not ready". `acked` messages
     /// were already acknowledged and are taken even over the backlog limit.
     fn take(&mut self, now: Instant, frame: &Frame, acked: bool) -> bool {
+        if let (Some(cipher), ptype::OUTPUT) = (&self.cipher, frame.payload_type) {
+            // §6: the client encrypts its Output payloads.
+            let Ok(payload) = cipher.open(&frame.payload) else {
+                return false;
+            };
+            let clear = Frame {
+                payload,
+                ..frame.clone()
+            };
+            return self.take_clear(now, &clear, acked);
+        }
+        self.take_clear(now, frame, acked)
+    }
+
+    fn take_clear(&mut self, now: Instant, frame: &Frame, acked: bool) -> bool {
         match (self.phase, frame.payload_type) {
             (Phase::AwaitResponse(_), ptype::HANDSHAKE_RESPONSE) => {
                 let resp: HandshakeResponse =
@@ -232,6 +351,34 @@ impl Agent {
                 }
                 self.client_version = resp.client_version;
                 self.mode = self.port_mode();
+                if self.config.kms_key.is_some() {
+                    // §5.4: the KMS action's result carries the data key for us to decrypt.
+                    let result = resp
+                        .processed_client_actions
+                        .iter()
+                        .find(|a| a.action_type == "KMSEncryption")
+                        .map(|a| a.action_result.clone())
+                        .unwrap_or_default();
+                    let blob = result
+                        .get("KMSCipherTextKey")
+                        .and_then(Value::as_str)
+                        .and_then(|b| BASE64.decode(b).ok());
+                    let acknowledged = result
+                        .get("ChallengeAcknowledgement")
+                        .and_then(Value::as_bool)
+                        == Some(true);
+                    match blob {
+                        Some(blob) => {
+                            let challenge = acknowledged.then(|| self.kms_challenge.clone());
+                            self.events
+                                .push_back(AgentEvent::DecryptKey { blob, challenge });
+                            self.phase = Phase::AwaitKey(now + HANDSHAKE_TIMEOUT);
+                        }
+                        None => self
+                            .finish("KMS encryption is required but the client sent no data key"),
+                    }
+                    return true;
+                }
                 let took = now.saturating_duration_since(self.start).as_nanos() as i64;
                 let done = json!({"HandshakeTimeToComplete": took, "CustomerMessage": ""});
                 self.send(
@@ -244,7 +391,16 @@ impl Agent {
                 true
             }
             // §4.3: data before the handshake is over is acked and discarded.
-            (Phase::AwaitResponse(_) | Phase::Idle, _) => true,
+            (Phase::AwaitChallenge(_), ptype::ENC_CHALLENGE_RESPONSE) => {
+                self.on_challenge_response(now, frame)
+            }
+            (
+                Phase::AwaitResponse(_)
+                | Phase::AwaitKey(_)
+                | Phase::AwaitChallenge(_)
+                | Phase::Idle,
+                _,
+            ) => true,
             (Phase::Running, ptype::OUTPUT) => {
                 if self.redial {
                     // Basic mode re-dials on the first data after a DisconnectToPort (§3.6).
@@ -262,6 +418,18 @@ impl Agent {
                 self.target_backlog += frame.payload.len();
                 self.events
                     .push_back(AgentEvent::ToTarget(frame.payload.clone()));
+                true
+            }
+            // §3.6: the shell plugins switch only on Output and Size; Flags are acked, ignored.
+            (Phase::Running, ptype::FLAG) if self.config.plugin.is_shell() => true,
+            (Phase::Running, ptype::SIZE) if self.config.plugin.uses_pty() => {
+                // §12.4: before the pty exists the handler is not ready: no ack.
+                if !acked && !self.target_up {
+                    return false;
+                }
+                if let Ok(size) = serde_json::from_slice::<Size>(&frame.payload) {
+                    self.events.push_back(AgentEvent::Resize(size));
+                }
                 true
             }
             (Phase::Running, ptype::FLAG) => {
@@ -367,9 +535,55 @@ impl Agent {
 
     /// Bytes read from the destination: sent as Output messages of at most `chunk` bytes.
     pub fn handle_target_data(&mut self, now: Instant, mut data: Bytes) {
+        if self.config.plugin.is_shell() {
+            self.send_text(now, ptype::OUTPUT, &data);
+            return;
+        }
         while !data.is_empty() {
             let chunk = data.split_to(data.len().min(self.config.chunk));
             self.send(now, ptype::OUTPUT, chunk);
+        }
+    }
+
+    /// Standard error of a NonInteractiveCommands process: StdErr messages, chunked like output.
+    pub fn handle_target_stderr(&mut self, now: Instant, data: Bytes) {
+        self.send_text(now, ptype::STDERR, &data);
+    }
+
+    /// The shell or command could not be started: the session fails.
+    pub fn handle_shell_failed(&mut self, why: &str) {
+        self.finish(&format!("Unable to start the shell: {why}"));
+    }
+
+    /// The shell or command exited and its output was read: send what is held back, the exit
+    /// code for NonInteractiveCommands (§12.4), then drain and finish like a closed destination.
+    pub fn handle_process_exit(&mut self, now: Instant, code: i32) {
+        for (i, pt) in [(0, ptype::OUTPUT), (1, ptype::STDERR)] {
+            let tail = std::mem::take(&mut self.text_tail[i]);
+            if !tail.is_empty() {
+                self.send(now, pt, Bytes::from(tail));
+            }
+        }
+        if self.config.plugin == Plugin::NonInteractiveCommands && self.phase == Phase::Running {
+            self.send(now, ptype::EXIT_CODE, format!("EXIT_CODE: {code}").into());
+        }
+        self.handle_target_eof(now);
+    }
+
+    /// Shell output: at most `chunk` bytes per message, cut on UTF-8 boundaries, with an
+    /// incomplete sequence at the end held back for the next read (§12.3). Bytes that are not
+    /// UTF-8 still go out, cut at `chunk`.
+    fn send_text(&mut self, now: Instant, payload_type: u32, data: &[u8]) {
+        let i = usize::from(payload_type == ptype::STDERR);
+        let mut buf = std::mem::take(&mut self.text_tail[i]);
+        buf.extend_from_slice(data);
+        let keep = incomplete_utf8_tail(&buf);
+        self.text_tail[i] = buf.split_off(buf.len() - keep);
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            let n = utf8_cut(rest, self.config.chunk.max(4));
+            self.send(now, payload_type, Bytes::copy_from_slice(&rest[..n]));
+            rest = &rest[n..];
         }
     }
 
@@ -392,6 +606,9 @@ impl Agent {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.resend_head(now);
         match self.phase {
+            Phase::AwaitKey(deadline) | Phase::AwaitChallenge(deadline) if now >= deadline => {
+                self.finish("Timed out waiting for encryption challenge.")
+            }
             Phase::AwaitResponse(deadline) if now >= deadline => self.finish(
                 "Handshake timed out. Please ensure that you have the latest version of the \
                  session manager plugin.",
@@ -409,7 +626,10 @@ impl Agent {
             .filter(|_| !self.paused)
             .map(|s| s.last_sent + self.rtt.rto());
         let phase = match self.phase {
-            Phase::AwaitResponse(t) | Phase::Draining(t) => Some(t),
+            Phase::AwaitResponse(t)
+            | Phase::AwaitKey(t)
+            | Phase::AwaitChallenge(t)
+            | Phase::Draining(t) => Some(t),
             _ => None,
         };
         [head, phase].into_iter().flatten().min()
@@ -460,6 +680,13 @@ impl Agent {
     }
 
     fn finish(&mut self, output: &str) {
+        if let Phase::Draining(_) = self.phase
+            && self.config.plugin.is_shell()
+        {
+            // §9.2: a shell that exited is reported to the service once drained.
+            let state = self.session_state("Terminating");
+            self.events.push_back(AgentEvent::ToService(state));
+        }
         if self.phase != Phase::Done {
             self.phase = Phase::Done;
             self.events
@@ -467,7 +694,74 @@ impl Agent {
         }
     }
 
+    /// KMS answered the Decrypt of the client's data key (§6): send the challenge.
+    pub fn set_data_key(&mut self, now: Instant, key: Result<Vec<u8>, String>) {
+        if !matches!(self.phase, Phase::AwaitKey(_)) {
+            return;
+        }
+        let cipher = match key
+            .map_err(|e| e.to_string())
+            .and_then(|k| Cipher::new(Side::Agent, &k, self.rng).map_err(|e| e.to_string()))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return self.finish(&format!("KMS decryption of the session key failed: {e}"));
+            }
+        };
+        let secret: Vec<u8> = (0..8)
+            .flat_map(|_| splitmix(&mut self.rng).to_le_bytes())
+            .collect();
+        let mut cipher = cipher;
+        let sealed = match self.config.bad_challenge {
+            // Sealed with a key the client cannot have.
+            true => Cipher::new(Side::Agent, &[7u8; 64], 1)
+                .map(|mut c| c.seal(&secret))
+                .unwrap_or_default(),
+            false => cipher.seal(&secret),
+        };
+        self.cipher = Some(cipher);
+        self.challenge_secret = secret;
+        let body = json!({"Challenge": BASE64.encode(sealed)});
+        self.send(
+            now,
+            ptype::ENC_CHALLENGE_REQUEST,
+            Bytes::from(body.to_string()),
+        );
+        self.phase = Phase::AwaitChallenge(now + HANDSHAKE_TIMEOUT);
+    }
+
+    /// §6: the client's answer must decrypt (with its key half) to our secret. A wrong answer is
+    /// left unacked, as in the agent, and the session times out.
+    fn on_challenge_response(&mut self, now: Instant, frame: &Frame) -> bool {
+        let body: Value = serde_json::from_slice(&frame.payload).unwrap_or_default();
+        let answer = body
+            .get("Challenge")
+            .and_then(Value::as_str)
+            .and_then(|c| BASE64.decode(c).ok());
+        let opened = match (&self.cipher, answer) {
+            (Some(cipher), Some(answer)) => cipher.open(&answer).ok(),
+            _ => None,
+        };
+        if opened.as_deref() != Some(self.challenge_secret.as_slice()) {
+            return false;
+        }
+        let done = json!({"HandshakeTimeToComplete": 1, "CustomerMessage": "This session is encrypted using AWS KMS."});
+        self.send(
+            now,
+            ptype::HANDSHAKE_COMPLETE,
+            Bytes::from(done.to_string()),
+        );
+        self.phase = Phase::Running;
+        self.events.push_back(AgentEvent::Dial);
+        true
+    }
+
     fn send(&mut self, now: Instant, payload_type: u32, payload: Bytes) {
+        // §6: the agent encrypts Output, StdErr and ExitCode once the key is set up.
+        let payload = match (&mut self.cipher, payload_type) {
+            (Some(c), ptype::OUTPUT | ptype::STDERR | ptype::EXIT_CODE) => c.seal(&payload),
+            _ => payload,
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         let frame = self.frame(
@@ -486,6 +780,19 @@ impl Agent {
             last_sent: now,
             resent: false,
         });
+    }
+
+    /// `agent_session_state` (seq 0, flags 3, §3.6), addressed to the service.
+    fn session_state(&mut self, state: &str) -> Bytes {
+        let body = json!({"SchemaVersion": 1, "SessionState": state, "SessionId": ""});
+        // The model reads no clock; the session's start is a good enough CreatedDate here.
+        self.frame(
+            self.start,
+            MessageType::AgentSessionState,
+            0,
+            ptype::NONE,
+            body.to_string().into(),
+        )
     }
 
     fn ack(&mut self, now: Instant, acked: &Frame) {
@@ -514,7 +821,7 @@ impl Agent {
         payload: Bytes,
     ) -> Bytes {
         let flags = match (&kind, seq) {
-            (MessageType::Acknowledge, _) => flags::ACK,
+            (MessageType::Acknowledge | MessageType::AgentSessionState, _) => flags::ACK,
             (_, 0) => flags::SYN,
             _ => 0,
         };
@@ -544,4 +851,90 @@ fn version_at_least(version: &str, min: &[u64]) -> bool {
             .collect::<Vec<_>>()
     };
     pad(&parts) >= pad(min)
+}
+
+/// Where to end a message of at most `max` bytes so that no UTF-8 character is split: backs up
+/// over at most three continuation bytes; data that is not UTF-8 is cut at `max`.
+fn utf8_cut(data: &[u8], max: usize) -> usize {
+    if data.len() <= max {
+        return data.len();
+    }
+    let is_continuation = |b: u8| b & 0xC0 == 0x80;
+    (max.saturating_sub(3)..=max)
+        .rev()
+        .find(|&cut| cut > 0 && !data.get(cut).copied().is_some_and(is_continuation))
+        .unwrap_or(max)
+}
+
+/// How many bytes at the end of `data` start a UTF-8 character that is not complete yet.
+fn incomplete_utf8_tail(data: &[u8]) -> usize {
+    for back in 1..=data.len().min(3) {
+        let b = data[data.len() - back];
+        if b & 0xC0 == 0x80 {
+            continue;
+        }
+        let need = match b {
+            0xF0..=0xF7 => 4,
+            0xE0..=0xEF => 3,
+            0xC0..=0xDF => 2,
+            _ => 1,
+        };
+        return if need > back { back } else { 0 };
+    }
+    0
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn shell_output_is_cut_on_utf8_boundaries() {
+        let text = "añ€😀".repeat(300);
+        let bytes = text.as_bytes();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let n = utf8_cut(&bytes[pos..], 1024);
+            assert!(n <= 1024 && n > 0);
+            assert!(std::str::from_utf8(&bytes[pos..pos + n]).is_ok());
+            pos += n;
+        }
+        // Not UTF-8 at all: still progresses, at full size.
+        assert_eq!(utf8_cut(&[0x80; 2000], 1024), 1024);
+    }
+
+    #[test]
+    fn incomplete_sequences_are_held_back() {
+        let euro = "€".as_bytes(); // e2 82 ac
+        assert_eq!(incomplete_utf8_tail(b"abc"), 0);
+        assert_eq!(incomplete_utf8_tail(&euro[..1]), 1);
+        assert_eq!(incomplete_utf8_tail(&[b'a', euro[0], euro[1]]), 2);
+        assert_eq!(incomplete_utf8_tail(euro), 0);
+        assert_eq!(incomplete_utf8_tail(&[0x80, 0x80, 0x80, 0x80]), 0);
+    }
+
+    #[test]
+    fn shells_start_without_a_handshake_and_chunk_text() {
+        let now = Instant::now();
+        let config = AgentConfig {
+            plugin: Plugin::Shell,
+            ..Default::default()
+        };
+        let mut agent = Agent::new(config, now);
+        agent.start(now);
+        assert_eq!(agent.poll_event(), Some(AgentEvent::Dial));
+        assert!(agent.poll_transmit().is_none(), "no HandshakeRequest");
+        agent.handle_target_connected();
+        let euro = "€".as_bytes();
+        agent.handle_target_data(now, Bytes::copy_from_slice(&[b'$', b' ', euro[0]]));
+        agent.handle_target_data(now, Bytes::copy_from_slice(&euro[1..]));
+        let first = Frame::decode(&agent.poll_transmit().unwrap()).unwrap();
+        assert_eq!(
+            (first.sequence, first.flags, first.payload_type),
+            (0, flags::SYN, ptype::OUTPUT)
+        );
+        assert_eq!(&first.payload[..], b"$ ");
+        let second = Frame::decode(&agent.poll_transmit().unwrap()).unwrap();
+        assert_eq!(&second.payload[..], euro);
+    }
 }

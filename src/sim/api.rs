@@ -1,7 +1,7 @@
 //! The fake SSM control plane: AWS JSON 1.1 over HTTP (`X-Amz-Target: AmazonSSM.<Op>`), answering
-//! StartSession, ResumeSession, TerminateSession, DescribeInstanceInformation, and beside them
-//! EC2 Instance Connect SendSSHPublicKey and STS GetCallerIdentity, with errors in the real wire shape
-//! (`__type` in the body and `x-amzn-ErrorType`), so the real AWS SDK talks to it unchanged.
+//! StartSession, ResumeSession, TerminateSession and DescribeInstanceInformation, and beside them
+//! EC2 Instance Connect SendSSHPublicKey and STS GetCallerIdentity, with errors in the real wire
+//! shape (`__type` in the body and `x-amzn-ErrorType`), so the real AWS SDK talks to it unchanged.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -89,6 +89,7 @@ async fn handle(
         "TerminateSession" => service.terminate_session(&input),
         "DescribeInstanceInformation" => service.describe_instances(&input),
         "SendSSHPublicKey" => service.send_ssh_public_key(&input),
+        "GenerateDataKey" => service.kms.generate_data_key(&input),
         _ => Err(ApiError::client(
             "UnknownOperationException",
             format!("unknown operation {op}"),

@@ -75,7 +75,11 @@ impl SimInstance {
                 Some(("agent", v)) => inst.agent_version = v.to_owned(),
                 Some(("platform", v)) => inst.platform = v.to_owned(),
                 Some((k, v)) if !k.is_empty() => inst.tags.push((k.to_owned(), v.to_owned())),
-                _ => return Err(format!("{part:?} in {spec:?} is not KEY=VALUE or `offline`")),
+                _ => {
+                    return Err(format!(
+                        "{part:?} in {spec:?} is not KEY=VALUE or `offline`"
+                    ));
+                }
             }
         }
         inst.tags.insert(0, ("Name".to_owned(), inst.name.clone()));
@@ -90,7 +94,11 @@ impl SimInstance {
     }
 
     fn ping_status(&self) -> &'static str {
-        if self.online { "Online" } else { "ConnectionLost" }
+        if self.online {
+            "Online"
+        } else {
+            "ConnectionLost"
+        }
     }
 
     fn to_json(&self) -> Value {
@@ -322,7 +330,10 @@ impl EicKeys {
 
     /// How many keys were pushed for `instance` so far (expired ones included until pruned).
     pub fn pushed_for(&self, instance: &str) -> usize {
-        self.lock().iter().filter(|k| k.instance == instance).count()
+        self.lock()
+            .iter()
+            .filter(|k| k.instance == instance)
+            .count()
     }
 }
 
@@ -366,7 +377,13 @@ mod tests {
             2
         );
         assert!(ids(json!({"Filters": [{"Key": "tag:Name", "Values": ["nope"]}]})).is_empty());
-        assert!(describe(&fleet, &json!({"Filters": [{"Key": "bogus", "Values": ["x"]}]})).is_err());
+        assert!(
+            describe(
+                &fleet,
+                &json!({"Filters": [{"Key": "bogus", "Values": ["x"]}]})
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -382,7 +399,9 @@ mod tests {
                 input["NextToken"] = json!(t);
             }
             let out = describe(&fleet, &input).expect("describe");
-            seen += out["InstanceInformationList"].as_array().map_or(0, Vec::len);
+            seen += out["InstanceInformationList"]
+                .as_array()
+                .map_or(0, Vec::len);
             match out.get("NextToken").and_then(Value::as_str) {
                 Some(t) => token = Some(t.to_owned()),
                 None => break,

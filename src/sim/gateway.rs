@@ -21,9 +21,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::agent::{Agent, AgentConfig, AgentEvent, PortMode};
+use super::agent::{Agent, AgentConfig, AgentEvent, Plugin, PortMode};
 use super::faults::{DropPlan, Faults};
 use super::service::Service;
+use super::shell::{Shell, ShellEvent, ShellSpec};
 use super::target::{TargetEvent, Targets};
 use crate::proto::frame::{Frame, MessageType, flag};
 use crate::proto::payload::OpenDataChannelInput;
@@ -48,6 +49,8 @@ pub struct SessionPlan {
     pub properties: Value,
     /// Seed for ids and faults.
     pub seed: u64,
+    /// What the document runs: Port, or a shell plugin (then [`Shell`] replaces the targets).
+    pub plugin: Plugin,
 }
 
 /// Accepts data-channel websockets until the task is dropped.
@@ -114,6 +117,9 @@ async fn run_session(
         version: cfg.agent_version.clone(),
         properties: plan.properties.clone(),
         seed: plan.seed.wrapping_mul(31).wrapping_add(cfg.seed),
+        plugin: plan.plugin,
+        kms_key: cfg.kms_key.clone(),
+        bad_challenge: cfg.kms_bad_challenge,
         ..Default::default()
     };
     let mut agent = Agent::new(agent_cfg, start.into_std());
@@ -130,21 +136,66 @@ async fn run_session(
     let mut pause: (Option<Instant>, Option<Instant>) = (cfg.pauses.every.map(|e| start + e), None);
     let mut opened_once = false;
     let mut targets = Targets::new(plan.properties.clone(), cfg.paced);
+    let mut shell = plan.plugin.is_shell().then(|| {
+        Shell::new(ShellSpec {
+            plugin: plan.plugin,
+            program: cfg.shell.clone(),
+            command: plan
+                .properties
+                .get("command")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            output_delay: cfg.shell_output_delay,
+        })
+    });
     let mut finished: Option<String> = None;
 
     loop {
         let now = Instant::now();
         while let Some(ev) = agent.poll_event() {
             match ev {
-                AgentEvent::Dial => {
-                    if agent.mode() == PortMode::Mux {
-                        targets.use_mux();
+                AgentEvent::Dial => match shell.as_mut() {
+                    Some(shell) => shell.spawn(),
+                    None => {
+                        if agent.mode() == PortMode::Mux {
+                            targets.use_mux();
+                        }
+                        targets.dial();
                     }
-                    targets.dial();
+                },
+                AgentEvent::ToTarget(b) => match shell.as_mut() {
+                    Some(shell) => shell.write(b),
+                    None => targets.write(b),
+                },
+                AgentEvent::CloseTarget => {
+                    targets.close();
+                    if let Some(shell) = shell.as_mut() {
+                        shell.kill();
+                    }
                 }
-                AgentEvent::ToTarget(b) => targets.write(b),
-                AgentEvent::CloseTarget => targets.close(),
                 AgentEvent::Finished(output) => finished = Some(output),
+                AgentEvent::DecryptKey { blob, challenge } => {
+                    let mut context = std::collections::BTreeMap::from([
+                        ("aws:ssm:SessionId".to_owned(), plan.session_id.clone()),
+                        ("aws:ssm:TargetId".to_owned(), plan.target.clone()),
+                    ]);
+                    if let Some(c) = challenge {
+                        context.insert("aws:ssm:RandomChallenge".to_owned(), c);
+                    }
+                    agent.set_data_key(now.into_std(), service.kms.decrypt(&blob, &context));
+                }
+                AgentEvent::Resize(size) => {
+                    if let Some(shell) = shell.as_mut() {
+                        shell.resize(size);
+                    }
+                }
+                AgentEvent::ToService(frame) => {
+                    // The service keeps agent_session_state to itself (§12.5).
+                    if let Ok(f) = Frame::decode(&frame) {
+                        let state = String::from_utf8_lossy(&f.payload).into_owned();
+                        tracing::debug!(%state, "sim: agent_session_state (not relayed)");
+                    }
+                }
             }
         }
         while let Some(frame) = agent.poll_transmit() {
@@ -205,6 +256,9 @@ async fn run_session(
                 }
                 Some(Attach::Terminate) | None => {
                     targets.close();
+                    if let Some(shell) = shell.as_mut() {
+                        shell.kill();
+                    }
                     finished = Some(String::new());
                 }
             },
@@ -232,6 +286,15 @@ async fn run_session(
                     }
                 }
                 TargetEvent::Nothing => {}
+            },
+            ev = next_shell(&mut shell, agent.can_read_target()) => match ev {
+                ShellEvent::Started => agent.handle_target_connected(),
+                ShellEvent::Failed(e) => agent.handle_shell_failed(&e),
+                ShellEvent::Output(b) => agent.handle_target_data(now.into_std(), b),
+                ShellEvent::Stderr(b) => agent.handle_target_stderr(now.into_std(), b),
+                ShellEvent::Written(n) => agent.handle_target_written(n),
+                ShellEvent::Exited(code) => agent.handle_process_exit(now.into_std(), code),
+                ShellEvent::Nothing => {}
             },
             _ = tokio::time::sleep_until(deadline) => {
                 let now = Instant::now();
@@ -356,6 +419,14 @@ impl LinkState {
             #[allow(deprecated)]
             let _ = ws.get_ref().set_linger(Some(Duration::ZERO));
         }
+    }
+}
+
+/// The shell's next event; never, for a Port session.
+async fn next_shell(shell: &mut Option<Shell>, can_read: bool) -> ShellEvent {
+    match shell.as_mut() {
+        Some(shell) => shell.next(can_read).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The simulator: a fake SSM API, the message-gateway websocket and an agent emulator that dials
-//! real local TCP services, with seeded fault injection. Used by the tests (in-process, through
-//! [`Sim::start`]) and by `ssm-proxy sim`.
+//! real local TCP services or runs a shell on a real pty, with seeded fault injection. Used by
+//! the tests (in-process, through [`Sim::start`]) and by `ssm-proxy sim`.
 //!
 //! It shares only the frame codec and payload types with the client: the agent model is written
 //! separately from protocol.md §12 so the two sides cannot agree on a misreading.
@@ -10,8 +10,10 @@ pub mod api;
 pub mod faults;
 pub mod fleet;
 pub mod gateway;
+pub mod kms;
 pub mod pair;
 pub mod service;
+pub mod shell;
 pub mod target;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -48,6 +50,17 @@ pub struct SimConfig {
     pub fleet: Vec<SimInstance>,
     /// How long a key pushed with SendSSHPublicKey stays valid (default 60 s).
     pub eic_validity: std::time::Duration,
+    /// Program for shell sessions (default: `$SHELL`, else `/bin/sh`).
+    pub shell: Option<String>,
+    /// How long a shell's output waits before its first read, as the agent's pty pump does
+    /// (§12.4: 1 s; the prompt is then already waiting).
+    pub shell_output_delay: std::time::Duration,
+    /// KMS key the agent asks the client to encrypt every session with (none: no encryption).
+    pub kms_key: Option<String>,
+    /// Keys the fake KMS refuses (AccessDeniedException).
+    pub kms_denied: Vec<String>,
+    /// The agent sends an encryption challenge the client cannot decrypt.
+    pub kms_bad_challenge: bool,
 }
 
 impl Default for SimConfig {
@@ -64,6 +77,11 @@ impl Default for SimConfig {
             seed: 1,
             fleet: fleet::default_fleet(),
             eic_validity: fleet::EIC_VALIDITY,
+            shell: None,
+            shell_output_delay: std::time::Duration::from_secs(1),
+            kms_key: None,
+            kms_denied: Vec::new(),
+            kms_bad_challenge: false,
         }
     }
 }
@@ -115,6 +133,7 @@ impl SimServer {
             ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
             ("AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT", self.endpoint()),
             ("AWS_ENDPOINT_URL_STS", self.endpoint()),
+            ("AWS_ENDPOINT_URL_KMS", self.endpoint()),
             (
                 "SSM_PROXY_SSMMESSAGES_ENDPOINT",
                 self.service.ws_base().to_owned(),

@@ -39,6 +39,8 @@ pub struct PairConfig {
     pub target_bytes_per_ms: Option<usize>,
     /// Give up after this much virtual time.
     pub time_limit: Duration,
+    /// Encrypt the session with KMS (§6); the pair plays KMS itself.
+    pub kms: bool,
 }
 
 impl Default for PairConfig {
@@ -54,6 +56,7 @@ impl Default for PairConfig {
             reader_bytes_per_ms: None,
             target_bytes_per_ms: None,
             time_limit: Duration::from_secs(600),
+            kms: false,
         }
     }
 }
@@ -102,6 +105,7 @@ pub fn run(cfg: &PairConfig) -> PairReport {
     let mut client = Session::new(session_cfg, now);
     let agent_cfg = AgentConfig {
         seed: cfg.seed.wrapping_add(7),
+        kms_key: cfg.kms.then(|| "alias/pair".to_owned()),
         ..Default::default()
     };
     let mut agent = Agent::new(agent_cfg, now);
@@ -129,6 +133,10 @@ pub fn run(cfg: &PairConfig) -> PairReport {
             match ev {
                 Event::Ready { .. } => ready = true,
                 Event::Closed { .. } | Event::Failed(_) => report.ended = Some(ev),
+                Event::DataKeyNeeded { .. } => {
+                    let key = stream_bytes(cfg.seed ^ 0x4b4d53, 64);
+                    client.set_data_key(now, &key, &key);
+                }
                 _ => {}
             }
         }
@@ -171,7 +179,12 @@ pub fn run(cfg: &PairConfig) -> PairReport {
                         None => agent.handle_target_written(b.len()),
                     }
                 }
-                AgentEvent::CloseTarget | AgentEvent::Finished(_) => {}
+                // The pair's KMS: the "blob" is the key itself.
+                AgentEvent::DecryptKey { blob, .. } => agent.set_data_key(now, Ok(blob)),
+                AgentEvent::CloseTarget
+                | AgentEvent::Finished(_)
+                | AgentEvent::Resize(_)
+                | AgentEvent::ToService(_) => {}
             }
         }
         if target_up && down_pos < download.len() && agent.can_read_target() {
@@ -321,6 +334,21 @@ mod tests {
             ..Default::default()
         });
         assert!(r.client_retransmissions > 0);
+    }
+
+    #[test]
+    fn kms_encrypted_session_delivers_both_ways() {
+        let bad = FaultPlan {
+            loss_ppm: 20_000,
+            reorder_ppm: 20_000,
+            ..Default::default()
+        };
+        check(&PairConfig {
+            kms: true,
+            up: bad.clone(),
+            down: bad,
+            ..Default::default()
+        });
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::SimConfig;
+use super::agent::Plugin;
 use super::api::ApiError;
 use super::gateway::{Attach, SessionPlan};
 
@@ -52,6 +53,7 @@ pub struct Service {
     counter: AtomicU64,
     describes: AtomicU64,
     eic: super::fleet::EicKeys,
+    pub(crate) kms: super::kms::Kms,
 }
 
 impl Service {
@@ -59,6 +61,7 @@ impl Service {
     pub fn new(config: SimConfig, ws_base: String) -> Self {
         Self {
             eic: super::fleet::EicKeys::new(config.eic_validity),
+            kms: super::kms::Kms::new(config.kms_denied.clone()),
             config,
             ws_base,
             sessions: Mutex::new(HashMap::new()),
@@ -120,7 +123,11 @@ impl Service {
                 ),
             });
         }
-        let fleet_offline = self.config.fleet.iter().any(|i| i.id == target && !i.online);
+        let fleet_offline = self
+            .config
+            .fleet
+            .iter()
+            .any(|i| i.id == target && !i.online);
         if self.config.offline.iter().any(|t| t == target)
             || fleet_offline
             || !looks_like_target(target)
@@ -142,7 +149,25 @@ impl Service {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
+        let plugin = match document {
+            "SSM-SessionManagerRunShell" => Plugin::Shell,
+            "AWS-StartInteractiveCommand" => Plugin::InteractiveCommands,
+            "AWS-StartNonInteractiveCommand" => Plugin::NonInteractiveCommands,
+            _ => Plugin::Port,
+        };
         let properties = match document {
+            // The shell: what it runs comes from the sim's configuration (§12.3).
+            "SSM-SessionManagerRunShell" => json!({}),
+            "AWS-StartInteractiveCommand" | "AWS-StartNonInteractiveCommand" => {
+                let command = param("command").filter(|c| !c.trim().is_empty());
+                let command = command.ok_or_else(|| {
+                    ApiError::client(
+                        "InvalidParameters",
+                        "Parameter \"command\" is required by the document.",
+                    )
+                })?;
+                json!({"command": command})
+            }
             "AWS-StartSSHSession" => json!({"portNumber": port_param(param("portNumber"), "22")?}),
             "AWS-StartPortForwardingSession" => json!({
                 "portNumber": port_param(param("portNumber"), "80")?,
@@ -173,6 +198,7 @@ impl Service {
             target: target.to_owned(),
             properties,
             seed: n,
+            plugin,
         };
         let attach = super::gateway::spawn_session(plan, self.clone());
         self.lock().insert(

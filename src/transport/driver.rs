@@ -33,6 +33,8 @@ pub struct DriverConfig {
     pub dead_after: Duration,
     /// After local EOF, how long the remote may stay silent before we end the session.
     pub eof_quiet: Duration,
+    /// Target id, for the KMS encryption context (§6).
+    pub target: String,
 }
 
 impl Default for DriverConfig {
@@ -43,6 +45,7 @@ impl Default for DriverConfig {
             ping_interval: Duration::from_secs(10),
             dead_after: Duration::from_secs(30),
             eof_quiet: Duration::from_secs(1),
+            target: String::new(),
         }
     }
 }
@@ -229,7 +232,7 @@ impl Driver {
                             let _ = tx.send(kind);
                         }
                     }
-                    Event::Notice(text) => tracing::warn!("{text}"),
+                    Event::Notice(text) => tracing::info!("{text}"),
                     Event::Stderr(bytes) => eprint!("{}", String::from_utf8_lossy(&bytes)),
                     Event::ExitCode(code) => self.exit_code = Some(code),
                     Event::Flag(3) => {
@@ -245,6 +248,9 @@ impl Driver {
                         };
                     }
                     Event::Failed(why) => return Err(DriveError::Handshake(why)),
+                    Event::DataKeyNeeded { key_id, challenge } => {
+                        self.fetch_data_key(&key_id, challenge).await?
+                    }
                 }
             }
             let now = Instant::now();
@@ -313,6 +319,29 @@ impl Driver {
                 sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
             }
         }
+    }
+
+    /// KMS encryption requested by the agent: get a data key bound to this session (§6).
+    async fn fetch_data_key(
+        &mut self,
+        key_id: &str,
+        challenge: Option<String>,
+    ) -> Result<(), DriveError> {
+        let mut context = std::collections::HashMap::from([
+            (
+                "aws:ssm:SessionId".to_owned(),
+                self.grant.session_id.clone(),
+            ),
+            ("aws:ssm:TargetId".to_owned(), self.config.target.clone()),
+        ]);
+        if let Some(challenge) = challenge {
+            context.insert("aws:ssm:RandomChallenge".to_owned(), challenge);
+        }
+        tracing::info!(%key_id, "session is KMS-encrypted; requesting a data key");
+        let key = self.aws.generate_data_key(key_id, context).await?;
+        self.session
+            .set_data_key(Instant::now().into_std(), &key.plaintext, &key.ciphertext);
+        Ok(())
     }
 
     /// Hands all remaining output to the local side (bounded, in case the reader is stuck).

@@ -1,0 +1,69 @@
+//! KMS GenerateDataKey for session encryption (§6): 64 bytes under the key the agent names,
+//! bound to the session by its encryption context.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use super::{Aws, AwsError};
+
+/// A data key: the plaintext for us, the ciphertext blob for the agent.
+pub struct DataKey {
+    /// 64 bytes, never logged.
+    pub plaintext: Vec<u8>,
+    /// What the agent decrypts with KMS.
+    pub ciphertext: Vec<u8>,
+}
+
+impl Aws {
+    /// GenerateDataKey(NumberOfBytes = 64) with `context`, bounded so a dead KMS fails in seconds.
+    pub async fn generate_data_key(
+        &self,
+        key_id: &str,
+        context: HashMap<String, String>,
+    ) -> Result<DataKey, AwsError> {
+        let kms = aws_sdk_kms::Client::new(&self.sdk);
+        let call = kms
+            .generate_data_key()
+            .key_id(key_id)
+            .number_of_bytes(64)
+            .set_encryption_context(Some(context))
+            .send();
+        let kms_error = |why: String| AwsError::Kms {
+            key: key_id.to_owned(),
+            why,
+        };
+        let out = match tokio::time::timeout(Duration::from_secs(15), call).await {
+            Err(_) => return Err(kms_error("KMS did not answer within 15 s".into())),
+            Ok(Err(SdkError::ServiceError(e))) => {
+                let err = e.err();
+                let why = format!(
+                    "{}: {}",
+                    err.code().unwrap_or("error"),
+                    err.message().unwrap_or_default()
+                );
+                return Err(kms_error(why.trim_end_matches(['.', ' ', ':']).to_owned()));
+            }
+            Ok(Err(e)) => {
+                let text = DisplayErrorContext(&e).to_string();
+                let why = text
+                    .split(" (")
+                    .next()
+                    .unwrap_or(&text)
+                    .rsplit(": ")
+                    .next()
+                    .unwrap_or("unreachable");
+                return Err(kms_error(format!("KMS unreachable: {why}")));
+            }
+            Ok(Ok(out)) => out,
+        };
+        match (out.plaintext, out.ciphertext_blob) {
+            (Some(p), Some(c)) => Ok(DataKey {
+                plaintext: p.into_inner(),
+                ciphertext: c.into_inner(),
+            }),
+            _ => Err(kms_error("GenerateDataKey returned no key".into())),
+        }
+    }
+}

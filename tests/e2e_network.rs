@@ -1,0 +1,379 @@
+//! End to end: restricted networks. A small HTTP CONNECT proxy written here (it counts the
+//! tunnels it opens and relays bytes) and a TLS front with a private CA stand between ssm-proxy
+//! and the simulator's gateway: the data channel goes `wss://localhost:PORT` (the
+//! `--ssmmessages-endpoint` override) through `HTTPS_PROXY`, trusting `AWS_CA_BUNDLE`;
+//! `NO_PROXY` bypasses the proxy; a refusing proxy and bad settings fail in one line.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use ssm_proxy::sim::{Sim, SimConfig};
+
+use crate::support::{
+    Fixture, TARGET, TempDir, one_line_failure, proxy_command, proxy_run, require, run_with_timeout,
+};
+
+const SSH_BOUND: u64 = 30;
+
+/// A thread-per-connection HTTP CONNECT proxy on 127.0.0.1:0 that records every CONNECT target.
+struct ConnectProxy {
+    addr: SocketAddr,
+    connects: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ConnectProxy {
+    /// `refuse`: answer every CONNECT with 403.
+    fn start(refuse: bool) -> ConnectProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let connects = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (connects.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok(conn) = conn {
+                    let c = c.clone();
+                    thread::spawn(move || tunnel(conn, &c, refuse));
+                }
+            }
+        });
+        ConnectProxy {
+            addr,
+            connects,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn connects(&self) -> Vec<String> {
+        self.connects.lock().expect("connects").clone()
+    }
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves one proxy client: reads the CONNECT head, dials the target, relays both ways.
+fn tunnel(mut client: TcpStream, connects: &Mutex<Vec<String>>, refuse: bool) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) if head.len() < 8192 => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut words = head.split_whitespace();
+    let (Some("CONNECT"), Some(authority)) = (words.next(), words.next()) else {
+        let _ = client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    connects
+        .lock()
+        .expect("connects")
+        .push(authority.to_owned());
+    if refuse {
+        let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+        return;
+    }
+    let Ok(upstream) = TcpStream::connect(authority) else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .is_err()
+    {
+        return;
+    }
+    let _ = client.set_read_timeout(None);
+    let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), upstream.try_clone()) else {
+        return;
+    };
+    let up = thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut u2);
+        let _ = u2.shutdown(Shutdown::Write);
+    });
+    let (mut client, mut upstream) = (client, upstream);
+    let _ = std::io::copy(&mut upstream, &mut client);
+    let _ = client.shutdown(Shutdown::Write);
+    let _ = up.join();
+}
+
+/// A self-signed certificate for `localhost` (CA:FALSE, so it is its own trust anchor).
+struct Cert {
+    _dir: TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn make_cert() -> Option<Cert> {
+    let openssl = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(openssl, "openssl (to make a test certificate)") {
+        return None;
+    }
+    let dir = TempDir::new("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(Cert {
+        _dir: dir,
+        cert,
+        key,
+    })
+}
+
+/// Terminates TLS on 127.0.0.1:0 and relays to `backend` (the simulator's gateway).
+struct TlsFront {
+    addr: SocketAddr,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl TlsFront {
+    fn start(cert: &Cert, backend: SocketAddr) -> TlsFront {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert.cert)
+            .expect("cert")
+            .collect::<Result<_, _>>()
+            .expect("certs");
+        let key = PrivateKeyDer::from_pem_file(&cert.key).expect("key");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind tls");
+        let addr = listener.local_addr().expect("addr");
+        rt.spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut up) = tokio::net::TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                });
+            }
+        });
+        TlsFront { addr, _rt: rt }
+    }
+}
+
+fn gateway(sim: &Sim) -> SocketAddr {
+    sim.service()
+        .ws_base()
+        .trim_start_matches("ws://")
+        .parse()
+        .expect("gateway address")
+}
+
+fn with(base: &[(String, String)], set: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = base.to_vec();
+    env.extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+#[test]
+fn data_channel_tunnels_through_a_connect_proxy_with_a_private_ca() {
+    let Some(cert) = make_cert() else {
+        return;
+    };
+    let fx = Fixture::new();
+    let front = TlsFront::start(&cert, gateway(&fx.sim));
+    let proxy = ConnectProxy::start(false);
+    let endpoint = format!("wss://localhost:{}", front.addr.port());
+    let bundle = cert.cert.display().to_string();
+    let env = with(
+        &fx.env(),
+        &[
+            ("HTTPS_PROXY", &proxy.url()),
+            ("NO_PROXY", "127.0.0.1"),
+            ("AWS_CA_BUNDLE", &bundle),
+        ],
+    );
+    // The flag wins over the simulator's SSM_PROXY_SSMMESSAGES_ENDPOINT in the environment.
+    let args = format!("--ssmmessages-endpoint {endpoint}");
+    let mut cmd = fx.sshd.ssh_cmd_via(&proxy_command(&args), TARGET, &env);
+    cmd.arg("echo ok");
+    let out = run_with_timeout(&mut cmd, SSH_BOUND);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    let authority = format!("localhost:{}", front.addr.port());
+    assert_eq!(
+        proxy.connects(),
+        vec![authority.clone()],
+        "one tunnel, to the overridden endpoint (the SDK's http:// calls are not proxied)"
+    );
+
+    // Without the bundle the private CA is not trusted: the dial fails after the tunnel opened.
+    let no_ca: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "AWS_CA_BUNDLE")
+        .cloned()
+        .collect();
+    let mut cmd = fx.sshd.ssh_cmd_via(&proxy_command(&args), TARGET, &no_ca);
+    cmd.arg("echo ok");
+    let out = run_with_timeout(&mut cmd, SSH_BOUND);
+    assert!(!out.status.success(), "untrusted certificate accepted");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("could not open the data channel") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+    assert!(proxy.connects().len() > 1);
+
+    // NO_PROXY exempts the host: no new tunnel.
+    let before = proxy.connects().len();
+    let bypass = with(&env, &[("NO_PROXY", "localhost")]);
+    let mut cmd = fx.sshd.ssh_cmd_via(&proxy_command(&args), TARGET, &bypass);
+    cmd.arg("echo ok");
+    let out = run_with_timeout(&mut cmd, SSH_BOUND);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        proxy.connects().len(),
+        before,
+        "NO_PROXY host went through the proxy"
+    );
+    fx.assert_no_sessions();
+}
+
+#[test]
+fn a_refusing_proxy_fails_in_one_line() {
+    let sim = Sim::start(SimConfig::default()).expect("simulator");
+    let proxy = ConnectProxy::start(true);
+    let home = TempDir::new("net-home");
+    let env = with(
+        &sim.env(),
+        &[
+            ("HOME", &home.path().display().to_string()),
+            ("HTTPS_PROXY", &proxy.url()),
+            ("SSM_PROXY_SSMMESSAGES_ENDPOINT", "wss://localhost:9"),
+        ],
+    );
+    let started = Instant::now();
+    let out = proxy_run(&env, &[TARGET, "22"], 15);
+    let line = one_line_failure(&out);
+    assert!(
+        line.contains("refused CONNECT localhost:9: HTTP/1.1 403 Forbidden"),
+        "{line}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!proxy.connects().is_empty());
+    assert_eq!(sim.active_sessions(), 0, "the session was not terminated");
+}
+
+#[test]
+fn bad_network_settings_fail_before_any_session() {
+    let sim = Sim::start(SimConfig::default()).expect("simulator");
+    let home = TempDir::new("net-home");
+    let home = home.path().display().to_string();
+    struct Case {
+        env: &'static [(&'static str, &'static str)],
+        flags: &'static [&'static str],
+        want: &'static str,
+    }
+    let cases = [
+        Case {
+            env: &[("AWS_CA_BUNDLE", "/nonexistent/ca.pem")],
+            flags: &[],
+            want: "AWS_CA_BUNDLE=/nonexistent/ca.pem could not be read",
+        },
+        Case {
+            env: &[("HTTPS_PROXY", "socks5://127.0.0.1:1080")],
+            flags: &[],
+            want: "HTTPS_PROXY is not a usable proxy URL",
+        },
+        Case {
+            env: &[],
+            flags: &["--ssmmessages-endpoint", "ftp://example"],
+            want: "bad data-channel endpoint override",
+        },
+    ];
+    for case in cases {
+        let mut env = with(&sim.env(), case.env);
+        env.push(("HOME".into(), home.clone()));
+        let mut args = case.flags.to_vec();
+        args.extend([TARGET, "22"]);
+        let out = proxy_run(&env, &args, 10);
+        let line = one_line_failure(&out);
+        assert!(line.contains(case.want), "want {:?} in {line}", case.want);
+    }
+    assert_eq!(sim.stats().started, 0);
+}

@@ -1,0 +1,250 @@
+//! End to end: ssm-proxy as a drop-in `session-manager-plugin`. The real AWS CLI
+//! (`aws ssm start-session`, pointed at the simulator) finds a `session-manager-plugin` symlink to
+//! the binary on PATH and serves as ssh's ProxyCommand; plus the plugin's `--version` and
+//! no-argument forms, the positional argv without the symlink, and clean hand-off failures.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::symlink;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ssm_proxy::sim::{Sim, SimConfig};
+
+use crate::support::{
+    Fixture, TARGET, TempDir, apply_env, one_line_failure, proxy_bin, proxy_run, require, run_ok,
+    run_with_timeout,
+};
+
+const BOUND: u64 = 30;
+
+/// A directory holding `session-manager-plugin` → the binary under test.
+fn plugin_dir() -> (TempDir, PathBuf) {
+    let dir = TempDir::new("plugin-bin");
+    let link = dir.join("session-manager-plugin");
+    symlink(proxy_bin(), &link).expect("symlink");
+    (dir, link)
+}
+
+/// Whether the AWS CLI runs here (it must in CI: `.ci/run` installs it).
+fn aws_cli() -> bool {
+    let ok = Command::new("aws")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    require(ok, "the AWS CLI (pip install awscli)")
+}
+
+/// PATH with `dir` first.
+fn path_with(dir: &TempDir) -> String {
+    let rest = std::env::var("PATH").unwrap_or_default();
+    format!("{}:{rest}", dir.path().display())
+}
+
+#[test]
+fn aws_start_session_through_the_drop_in_serves_ssh() {
+    if !aws_cli() {
+        return;
+    }
+    let fx = Fixture::new();
+    let (dir, _) = plugin_dir();
+    let mut env = fx.env();
+    env.push(("PATH".into(), path_with(&dir)));
+    let proxy = format!(
+        "aws ssm start-session --target %h --document-name AWS-StartSSHSession \
+         --parameters portNumber=%p --endpoint-url {} --region us-east-1",
+        fx.sim.endpoint()
+    );
+    let mut cmd = fx.sshd.ssh_cmd_via(&proxy, TARGET, &env);
+    cmd.arg("echo ok; echo err >&2");
+    let out = run_ok(&mut cmd, 60);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "err");
+    assert_eq!(fx.sim.stats().started, 1);
+    fx.assert_no_sessions();
+}
+
+#[test]
+fn version_and_installed_forms() {
+    let (_dir, link) = plugin_dir();
+    let started = Instant::now();
+    let out = run_ok(Command::new(&link).arg("--version"), 5);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "--version is slow"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.2.707.0\n");
+    assert!(out.stderr.is_empty());
+
+    let out = run_ok(&mut Command::new(&link), 5);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("installed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = run_with_timeout(Command::new(&link).arg("bogus"), 5);
+    let line = one_line_failure(&out);
+    assert_eq!(out.status.code(), Some(2), "{line}");
+
+    // The normal binary name keeps its own --version.
+    let out = run_ok(Command::new(proxy_bin()).arg("--version"), 5);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ssm-proxy "));
+}
+
+/// StartSession straight to the simulator's API (it checks no signature), as the AWS CLI does
+/// before it hands over; returns the response JSON.
+fn start_session_raw(endpoint: &str, request: &str) -> String {
+    let addr = endpoint.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).expect("connect to the simulator");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: AmazonSSM.StartSession\r\n\
+         Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{request}",
+        request.len()
+    )
+    .expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+#[test]
+fn positional_argv_without_the_symlink() {
+    let fx = Fixture::new();
+    let request = format!(
+        "{{\"Target\": \"{TARGET}\", \"DocumentName\": \"AWS-StartSSHSession\", \
+         \"Parameters\": {{\"portNumber\": [\"{}\"]}}}}",
+        fx.sshd.port()
+    );
+    let response = start_session_raw(&fx.sim.endpoint(), &request);
+    let mut env = fx.env();
+    env.push(("AWS_SSM_START_SESSION_RESPONSE".into(), response));
+    let endpoint = fx.sim.endpoint();
+    let mut cmd = Command::new(proxy_bin());
+    apply_env(&mut cmd, &env).args([
+        "AWS_SSM_START_SESSION_RESPONSE",
+        "us-east-1",
+        "StartSession",
+        "",
+        &request,
+        &endpoint,
+    ]);
+    cmd.stdin(std::process::Stdio::null());
+    let out = run_with_timeout(&mut cmd, BOUND);
+    // Local EOF at once: sshd's banner arrives, then the session ends cleanly.
+    assert!(
+        out.stdout.starts_with(b"SSH-2.0-"),
+        "stdout {:?} stderr {:?}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fx.assert_no_sessions();
+}
+
+#[test]
+fn bad_hand_offs_and_port_forwarding_fail_cleanly() {
+    let sim = Sim::start(SimConfig::default()).expect("simulator");
+    let home = TempDir::new("plugin-home");
+    let mut env = sim.env();
+    env.push(("HOME".into(), home.path().display().to_string()));
+    let endpoint = sim.endpoint();
+    let request =
+        format!("{{\"Target\": \"{TARGET}\", \"DocumentName\": \"AWS-StartSSHSession\"}}");
+
+    let out = proxy_run(
+        &env,
+        &[
+            "{\"SessionId\": \"s-1\"}",
+            "us-east-1",
+            "StartSession",
+            "",
+            &request,
+            &endpoint,
+        ],
+        10,
+    );
+    let line = one_line_failure(&out);
+    assert!(
+        line.contains("lacks SessionId, TokenValue or StreamUrl"),
+        "{line}"
+    );
+
+    let response = start_session_raw(&endpoint, &request);
+    let out = proxy_run(
+        &env,
+        &[&response, "us-east-1", "StartSession", "", "{}", &endpoint],
+        10,
+    );
+    let line = one_line_failure(&out);
+    assert!(line.contains("has no Target"), "{line}");
+
+    // A port-forwarding document: refused, and the session the CLI started is terminated.
+    let pf = format!(
+        "{{\"Target\": \"{TARGET}\", \"DocumentName\": \"AWS-StartPortForwardingSession\", \
+         \"Parameters\": {{\"portNumber\": [\"80\"], \"localPortNumber\": [\"0\"]}}}}"
+    );
+    let response = start_session_raw(&endpoint, &pf);
+    let before = sim.stats().terminated;
+    let out = proxy_run(
+        &env,
+        &[&response, "us-east-1", "StartSession", "", &pf, &endpoint],
+        10,
+    );
+    let line = one_line_failure(&out);
+    assert!(
+        line.contains("port forwarding through the plugin entry is not available yet"),
+        "{line}"
+    );
+    assert_eq!(sim.stats().terminated, before + 1, "session left open");
+}
+
+#[test]
+fn tokens_stay_out_of_trace_logs() {
+    let fx = Fixture::new();
+    let mut env = fx.env();
+    env.push(("SSM_PROXY_LOG".into(), "trace".into()));
+    let port = fx.sshd.port().to_string();
+    let out = proxy_run(&env, &["-vvv", TARGET, &port], BOUND);
+    assert!(out.stdout.starts_with(b"SSH-2.0-"), "no banner");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.lines().count() > 50, "trace logging is not on: {log}");
+    assert!(!log.contains("sim-token"), "a token reached the log");
+
+    // The plugin entry, whose response (token included) comes in through the environment.
+    let request = format!(
+        "{{\"Target\": \"{TARGET}\", \"DocumentName\": \"AWS-StartSSHSession\", \
+         \"Parameters\": {{\"portNumber\": [\"{port}\"]}}}}"
+    );
+    let response = start_session_raw(&fx.sim.endpoint(), &request);
+    assert!(response.contains("sim-token"));
+    env.push(("AWS_SSM_START_SESSION_RESPONSE".into(), response));
+    let endpoint = fx.sim.endpoint();
+    let out = proxy_run(
+        &env,
+        &[
+            "AWS_SSM_START_SESSION_RESPONSE",
+            "us-east-1",
+            "StartSession",
+            "",
+            &request,
+            &endpoint,
+        ],
+        BOUND,
+    );
+    assert!(out.stdout.starts_with(b"SSH-2.0-"), "no banner");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("sim-token"), "a token reached the log");
+    fx.assert_no_sessions();
+}
