@@ -1,124 +1,20 @@
 //! `ssm-proxy forward` end to end: the real binary listening locally, the simulator's agent
 //! dialing real local services, in both agent modes (smux and basic), with SHA-256 on every byte.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ssm_proxy::sim::{DropPlan, Sim, SimConfig};
 
+use crate::support::forward::{Forwarder, echo_round_trip, echo_server};
 use crate::support::sshd::Sshd;
 use crate::support::{
-    ChildGuard, Sha256, TempDir, apply_env, kill_pid, proxy_bin, random_bytes, run_ok, sha256,
-    sha256_file, spawn_group, wait_bounded, wait_until, write_random_file,
+    TARGET, TempDir, apply_env, kill_pid, proxy_bin, random_bytes, run_ok, sha256_file,
+    wait_bounded, wait_until, write_random_file,
 };
-
-const TARGET: &str = "i-0123456789abcdef0";
-
-/// A TCP echo server on an ephemeral port; runs until the test process ends.
-fn echo_server() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind echo");
-    let port = listener.local_addr().expect("addr").port();
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut r = conn.try_clone().expect("clone");
-                let mut w = conn;
-                let _ = std::io::copy(&mut r, &mut w);
-                let _ = w.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    port
-}
-
-/// A running `ssm-proxy forward` and what it printed on stderr.
-struct Forwarder {
-    child: ChildGuard,
-    local_port: u16,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Forwarder {
-    fn start(sim: &Sim, spec: &str) -> Forwarder {
-        let mut cmd = Command::new(proxy_bin());
-        apply_env(&mut cmd, &sim.env())
-            .args(["forward", TARGET, "-L", spec])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = spawn_group(&mut cmd);
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let sink = lines.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("listening on ") {
-                    let port = rest
-                        .split(' ')
-                        .next()
-                        .and_then(|a| a.rsplit(':').next())
-                        .and_then(|p| p.parse::<u16>().ok());
-                    let _ = port_tx.send(port);
-                }
-                sink.lock().expect("lock").push(line);
-            }
-        });
-        let local_port = port_rx
-            .recv_timeout(Duration::from_secs(15))
-            .ok()
-            .flatten()
-            .expect("listening line");
-        Forwarder {
-            child: ChildGuard(child),
-            local_port,
-            stderr: lines,
-        }
-    }
-
-    fn connect(&self) -> TcpStream {
-        TcpStream::connect((Ipv4Addr::LOCALHOST, self.local_port)).expect("connect to forward")
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().expect("lock").join("\n")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.0.id()
-    }
-}
-
-/// Sends `len` bytes through `conn` while reading the echo; returns (sent, received) digests.
-fn echo_round_trip(conn: TcpStream, len: usize, seed: u64) -> (String, String) {
-    let data = random_bytes(len, seed);
-    let sent = sha256(&data);
-    let mut writer = conn.try_clone().expect("clone");
-    let send = thread::spawn(move || {
-        for chunk in data.chunks(64 * 1024) {
-            writer.write_all(chunk).expect("write");
-        }
-    });
-    let mut reader = conn;
-    reader
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .expect("timeout");
-    let mut sha = Sha256::new();
-    let mut got = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    while got < len {
-        let n = reader.read(&mut buf).expect("read echo");
-        assert!(n > 0, "connection closed after {got} of {len} bytes");
-        sha.update(&buf[..n]);
-        got += n;
-    }
-    send.join().expect("sender");
-    (sent, sha.finish())
-}
 
 #[test]
 fn ten_concurrent_mux_connections_move_4mib_each_way() {
@@ -312,4 +208,26 @@ fn bad_forward_specs_are_usage_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("LPORT"), "{err}");
+}
+
+#[test]
+fn targets_are_found_by_name() {
+    let sim = Sim::start(SimConfig::default()).expect("sim");
+    let home = TempDir::new("fwd-home");
+    let mut cmd = Command::new(proxy_bin());
+    apply_env(&mut cmd, &sim.env())
+        .env("HOME", home.path())
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .args(["forward", "web-1", "-L", &format!("0:{}", echo_server())])
+        .stdout(Stdio::null());
+    let fwd = Forwarder::spawn(&mut cmd);
+    assert!(
+        fwd.stderr_text()
+            .contains(&format!("-> {TARGET} localhost:")),
+        "{}",
+        fwd.stderr_text()
+    );
+    let (sent, received) = echo_round_trip(fwd.connect(), 256 * 1024, 9);
+    assert_eq!(sent, received);
+    assert_eq!(sim.stats().describes, 1);
 }

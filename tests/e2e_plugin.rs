@@ -1,7 +1,8 @@
 //! End to end: ssm-proxy as a drop-in `session-manager-plugin`. The real AWS CLI
 //! (`aws ssm start-session`, pointed at the simulator) finds a `session-manager-plugin` symlink to
 //! the binary on PATH and serves as ssh's ProxyCommand; plus the plugin's `--version` and
-//! no-argument forms, the positional argv without the symlink, and clean hand-off failures.
+//! no-argument forms, port forwarding through `aws ssm start-session`, the positional argv
+//! without the symlink, and clean hand-off failures.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use ssm_proxy::sim::{Sim, SimConfig};
 
+use crate::support::forward::{Forwarder, echo_round_trip, echo_server};
 use crate::support::{
-    Fixture, TARGET, TempDir, apply_env, one_line_failure, proxy_bin, proxy_run, require, run_ok,
-    run_with_timeout,
+    Fixture, TARGET, TempDir, apply_env, kill_group, one_line_failure, proxy_bin, proxy_run,
+    require, run_ok, run_with_timeout, wait_bounded, wait_until,
 };
 
 const BOUND: u64 = 30;
@@ -154,7 +156,7 @@ fn positional_argv_without_the_symlink() {
 }
 
 #[test]
-fn bad_hand_offs_and_port_forwarding_fail_cleanly() {
+fn bad_hand_offs_fail_cleanly() {
     let sim = Sim::start(SimConfig::default()).expect("simulator");
     let home = TempDir::new("plugin-home");
     let mut env = sim.env();
@@ -189,25 +191,52 @@ fn bad_hand_offs_and_port_forwarding_fail_cleanly() {
     );
     let line = one_line_failure(&out);
     assert!(line.contains("has no Target"), "{line}");
+}
 
-    // A port-forwarding document: refused, and the session the CLI started is terminated.
-    let pf = format!(
-        "{{\"Target\": \"{TARGET}\", \"DocumentName\": \"AWS-StartPortForwardingSession\", \
-         \"Parameters\": {{\"portNumber\": [\"80\"], \"localPortNumber\": [\"0\"]}}}}"
-    );
-    let response = start_session_raw(&endpoint, &pf);
-    let before = sim.stats().terminated;
-    let out = proxy_run(
-        &env,
-        &[&response, "us-east-1", "StartSession", "", &pf, &endpoint],
-        10,
-    );
-    let line = one_line_failure(&out);
+/// `aws ssm start-session --document-name AWS-StartPortForwardingSession` through the drop-in:
+/// it listens where `localPortNumber` says (0: any port), prints where like the official plugin,
+/// moves bytes intact, and a signal leaves no session on the service.
+#[test]
+fn aws_start_session_through_the_drop_in_forwards_ports() {
+    if !aws_cli() {
+        return;
+    }
+    let sim = Sim::start(SimConfig::default()).expect("simulator");
+    let (dir, _) = plugin_dir();
+    let out_dir = TempDir::new("plugin-pf");
+    let stdout = out_dir.join("stdout");
+    let mut env = sim.env();
+    env.push(("PATH".into(), path_with(&dir)));
+    let mut cmd = Command::new("aws");
+    apply_env(&mut cmd, &env)
+        .args(["ssm", "start-session", "--target", TARGET])
+        .args(["--document-name", "AWS-StartPortForwardingSession"])
+        .arg("--parameters")
+        .arg(format!("portNumber={},localPortNumber=0", echo_server()))
+        .args(["--endpoint-url", &sim.endpoint(), "--region", "us-east-1"])
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"));
+    let mut fwd = Forwarder::spawn(&mut cmd);
+    for seed in 0..2 {
+        let (sent, received) = echo_round_trip(fwd.connect(), 1 << 20, seed);
+        assert_eq!(sent, received);
+    }
+    let printed = std::fs::read_to_string(&stdout).expect("stdout");
     assert!(
-        line.contains("port forwarding through the plugin entry is not available yet"),
-        "{line}"
+        printed.contains(&format!("Port {} opened for sessionId", fwd.local_port))
+            && printed.contains("Waiting for connections..."),
+        "{printed}"
     );
-    assert_eq!(sim.stats().terminated, before + 1, "session left open");
+    assert_eq!(sim.stats().started, 1);
+    // Ctrl-C on a terminal: the whole foreground group gets SIGINT; the AWS CLI ignores it.
+    kill_group(fwd.pid(), "INT");
+    assert!(
+        wait_bounded(&mut fwd.child.0, 10).is_some(),
+        "still running"
+    );
+    assert!(
+        wait_until(10, || sim.active_sessions() == 0),
+        "session left on the service"
+    );
 }
 
 #[test]

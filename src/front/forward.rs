@@ -4,7 +4,6 @@
 //! connection, or basic with one connection at a time.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,8 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::aws::{Aws, AwsOptions};
-use crate::cli::{AwsArgs, ForwardArgs, ForwardSpec};
+use crate::aws::{Aws, SessionGrant};
+use crate::cli::{AwsArgs, ForwardArgs};
+use crate::front::target::{self, TargetSpec};
 use crate::os;
 use crate::proto::SessionKind;
 use crate::proto::frame::flag;
@@ -29,43 +29,61 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Serves every `-L` until a signal or a fatal error; returns the exit status.
 pub async fn run(args: ForwardArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
-    let opts = AwsOptions {
-        profile: aws_args.profile,
-        region: aws_args.region,
-        endpoint_url: aws_args.endpoint_url,
-    };
-    let aws = Aws::load(&opts).await?;
+    let spec = TargetSpec::parse(&args.target)?;
+    let (aws, profile) = super::connect(&aws_args).await?;
+    let target = target::resolve(&aws, &spec, profile.as_deref(), true).await?;
+    let mut forwards = Vec::new();
+    for spec in args.forwards {
+        let listener = listen(&spec.bind, spec.local_port).await?;
+        let port = listener.local_addr()?.port();
+        let (document, parameters) = spec.document(port);
+        let forward = Forward {
+            aws: aws.clone(),
+            target: target.clone(),
+            document: document.to_owned(),
+            parameters,
+            destination: format!("{}:{}", spec.host_label(), spec.remote_port),
+            resume_timeout: args.resume_timeout,
+        };
+        forwards.push((forward, listener, None));
+    }
+    serve(forwards).await
+}
+
+/// Serves one forward whose first session was already started by someone else (the AWS CLI,
+/// for the session-manager-plugin entry); later sessions are started with `document` and
+/// `parameters`, as the first one was.
+pub async fn run_granted(
+    forward: Forward,
+    grant: SessionGrant,
+    listener: TcpListener,
+) -> anyhow::Result<u8> {
+    serve(vec![(forward, listener, Some(grant))]).await
+}
+
+/// Binds a local port, with an error that says what to do when it is taken.
+pub async fn listen(bind: &str, port: u16) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((bind, port))
+        .await
+        .with_context(|| format!("cannot listen on {bind}:{port}: choose another local port"))
+}
+
+/// Runs every forward until a signal (exit status of the signal) or until all have ended.
+async fn serve(forwards: Vec<(Forward, TcpListener, Option<SessionGrant>)>) -> anyhow::Result<u8> {
     let mut signals = os::signals();
     let mut stops = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for spec in args.forwards {
-        let listener = TcpListener::bind((spec.bind.as_str(), spec.local_port))
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {}:{}: choose another local port",
-                    spec.bind, spec.local_port
-                )
-            })?;
+    for (forward, listener, grant) in forwards {
         let addr = listener.local_addr()?;
         // The one line scripts wait for; printed whatever the verbosity.
         eprintln!(
-            "listening on {addr} -> {} {}:{}",
-            args.target,
-            spec.host_label(),
-            spec.remote_port
+            "listening on {addr} -> {} {}",
+            forward.target, forward.destination
         );
         let (stop_tx, stop_rx) = mpsc::channel(1);
         stops.push(stop_tx);
-        let forward = Forward {
-            aws: aws.clone(),
-            target: args.target.clone(),
-            spec,
-            addr,
-            resume_timeout: args.resume_timeout,
-        };
         let span = tracing::info_span!("forward", local = %addr);
-        tasks.spawn(forward.serve(listener, stop_rx).instrument(span));
+        tasks.spawn(forward.serve(listener, grant, stop_rx).instrument(span));
     }
     let mut status = 0u8;
     loop {
@@ -95,13 +113,20 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// One `-L`: its listener and the sessions serving it.
-struct Forward {
-    aws: Aws,
-    target: String,
-    spec: ForwardSpec,
-    addr: SocketAddr,
-    resume_timeout: u64,
+/// One local listener and how to start the sessions that serve it.
+pub struct Forward {
+    /// SSM clients.
+    pub aws: Aws,
+    /// The resolved target id.
+    pub target: String,
+    /// Port-forwarding document.
+    pub document: String,
+    /// Its parameters.
+    pub parameters: HashMap<String, Vec<String>>,
+    /// `HOST:PORT` as seen from the target, for messages.
+    pub destination: String,
+    /// Seconds to keep trying to resume a lost connection.
+    pub resume_timeout: u64,
 }
 
 impl Forward {
@@ -109,12 +134,13 @@ impl Forward {
     async fn serve(
         self,
         listener: TcpListener,
+        mut grant: Option<SessionGrant>,
         mut stop: mpsc::Receiver<i32>,
     ) -> anyhow::Result<()> {
         let mut first = true;
         let mut backoff = Duration::from_secs(1);
         loop {
-            let result = self.session(&listener, &mut stop).await;
+            let result = self.session(&listener, grant.take(), &mut stop).await;
             match result {
                 Ok(End::Signal(_)) | Ok(End::LocalGone) => return Ok(()),
                 Ok(end) => tracing::warn!(?end, "session ended; starting a new one"),
@@ -135,13 +161,17 @@ impl Forward {
     async fn session(
         &self,
         listener: &TcpListener,
+        grant: Option<SessionGrant>,
         stop: &mut mpsc::Receiver<i32>,
     ) -> anyhow::Result<End> {
-        let (document, parameters) = self.spec.document(self.addr.port());
-        let grant = self
-            .aws
-            .start_session(&self.target, document, parameters)
-            .await?;
+        let grant = match grant {
+            Some(g) => g,
+            None => {
+                self.aws
+                    .start_session(&self.target, &self.document, self.parameters.clone())
+                    .await?
+            }
+        };
         let span = tracing::info_span!("session", id = %grant.session_id);
         let config = DriverConfig {
             resume_timeout: Duration::from_secs(self.resume_timeout),

@@ -12,12 +12,16 @@
 //! SSH documents run the same relay as proxy mode ([`proxy::relay`]), with ResumeSession and
 //! TerminateSession sent to the argv region, profile and endpoint. Unlike the official plugin,
 //! nothing is printed on stdout (it is ssh's byte stream) and failures exit non-zero.
+//! Port-forwarding documents run [`forward`]'s engines on the handed-over session.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 
 use serde_json::Value;
 
 use crate::aws::{Aws, AwsOptions, SessionGrant};
+use crate::cli::UsageError;
+use crate::front::forward::{self, Forward};
 use crate::front::proxy;
 use crate::os;
 use crate::transport::websocket::{self, NetConfig};
@@ -200,12 +204,11 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
         endpoint_url: args.endpoint.clone(),
     })
     .await?;
-    let unsupported = if document.contains("PortForwarding") || has_param("localPortNumber") {
-        Some(format!(
-            "port forwarding through the plugin entry is not available yet ({document}): use \
-             ssm-proxy forward {target} -L LOCAL:REMOTE instead of aws ssm start-session"
-        ))
-    } else if is_shell_document(&document) {
+    websocket::configure(NetConfig::default())?;
+    if document.contains("PortForwarding") || has_param("localPortNumber") {
+        return port_forward(aws, grant, target, document, &request).await;
+    }
+    let unsupported = if is_shell_document(&document) {
         Some(format!(
             "interactive shell sessions ({document}) are not handled by ssm-proxy's \
              {PLUGIN_NAME} entry: use ssh through ssm-proxy, or put the official plugin first \
@@ -219,15 +222,91 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
         let _ = aws.terminate_session(&grant.session_id).await;
         return Err(PluginError::Unsupported(why).into());
     }
-    websocket::configure(NetConfig::default())?;
-    let resume_timeout = std::env::var("SSM_PROXY_RESUME_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let config = proxy::driver_config(1024, resume_timeout, 30);
+    let config = proxy::driver_config(1024, env_resume_timeout(), 30);
     // Re-enables SIGINT, which the AWS CLI set to ignored before starting us (§1.3).
     let mut signals = os::signals();
     proxy::relay(aws, grant, &target, config, &mut signals).await
+}
+
+/// Serves a port-forwarding document like the official plugin: listen on `localPortNumber`
+/// (0 or absent: any free port) and print where, on stdout as it does (scripts wait for
+/// "Waiting for connections..."; stdout is no byte stream here). Unlike the official plugin, a
+/// session the service ends is replaced by a new one with the same document and parameters.
+async fn port_forward(
+    aws: Aws,
+    grant: SessionGrant,
+    target: String,
+    document: String,
+    request: &Value,
+) -> anyhow::Result<u8> {
+    let mut parameters = document_parameters(request);
+    let param = |k: &str| parameters.get(k).and_then(|v| v.first()).cloned();
+    let local_port = match param("localPortNumber").filter(|p| !p.is_empty()) {
+        None => 0,
+        Some(p) => p.parse::<u16>().map_err(|_| {
+            UsageError(format!(
+                "localPortNumber {p:?} is not a port number: give 0-65535 in --parameters"
+            ))
+        })?,
+    };
+    let destination = format!(
+        "{}:{}",
+        param("host").unwrap_or_else(|| "localhost".into()),
+        param("portNumber").unwrap_or_else(|| "80".into())
+    );
+    let listener = match forward::listen("127.0.0.1", local_port).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = aws.terminate_session(&grant.session_id).await;
+            return Err(e);
+        }
+    };
+    let port = listener.local_addr()?.port();
+    // Sessions started later must ask for the port actually bound.
+    parameters.insert("localPortNumber".into(), vec![port.to_string()]);
+    println!(
+        "\nStarting session with SessionId: {id}\nPort {port} opened for sessionId {id}.\n\
+         Waiting for connections...\n",
+        id = grant.session_id
+    );
+    let resume_timeout = env_resume_timeout();
+    let forward = Forward {
+        aws,
+        target,
+        document,
+        parameters,
+        destination,
+        resume_timeout,
+    };
+    forward::run_granted(forward, grant, listener).await
+}
+
+/// The request's `Parameters`: lists of strings as the AWS CLI sends them (single strings and
+/// numbers tolerated).
+fn document_parameters(request: &Value) -> HashMap<String, Vec<String>> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let Some(Value::Object(map)) = request.get("Parameters") else {
+        return HashMap::new();
+    };
+    map.iter()
+        .map(|(k, v)| {
+            let values = match v {
+                Value::Array(items) => items.iter().map(text).collect(),
+                one => vec![text(one)],
+            };
+            (k.clone(), values)
+        })
+        .collect()
+}
+
+fn env_resume_timeout() -> u64 {
+    std::env::var("SSM_PROXY_RESUME_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300)
 }
 
 /// Documents that open a shell rather than a port session.

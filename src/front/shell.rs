@@ -16,13 +16,11 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::aws::{Aws, AwsOptions};
 use crate::cli::{AwsArgs, ShellArgs, UsageError};
 use crate::front::target::{self, TargetSpec};
 use crate::os;
 use crate::proto::SessionKind;
 use crate::proto::payload::Size;
-use crate::transport::websocket::{self, NetConfig};
 use crate::transport::{DriveError, Driver, DriverConfig, End, Input, Local, Outcome};
 
 /// The shell document (the account's Session Manager preferences, §1.2).
@@ -125,18 +123,10 @@ fn sh_word(s: &str) -> String {
 pub async fn run(args: ShellArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
     let spec = TargetSpec::parse(&args.target)?;
     let plan = Plan::new(&args)?;
-    websocket::configure(NetConfig {
-        endpoint_override: aws_args.ssmmessages_endpoint.clone(),
-    })?;
     let mut signals = os::signals();
-    let opts = AwsOptions {
-        profile: aws_args.profile,
-        region: aws_args.region,
-        endpoint_url: aws_args.endpoint_url,
-    };
-    let aws = Aws::load(&opts).await?;
+    let (aws, profile) = super::connect(&aws_args).await?;
     let start = async {
-        let target = target::resolve(&aws, &spec, opts.profile.as_deref(), true).await?;
+        let target = target::resolve(&aws, &spec, profile.as_deref(), true).await?;
         let grant = aws
             .start_session(&target, &plan.document, plan.parameters.clone())
             .await?;

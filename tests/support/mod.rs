@@ -5,6 +5,7 @@
 //! Every wait in here is bounded: a hung child is killed (with its whole process group, so a
 //! ProxyCommand spawned by `ssh` goes too) and the test fails with whatever output it produced.
 
+pub mod forward;
 pub mod sshd;
 
 use std::fs::{self, File};
@@ -67,7 +68,7 @@ impl Drop for TempDir {
 }
 
 /// Sends `signal` (e.g. "KILL", "TERM") to the process group led by `pid`.
-fn kill_group(pid: u32, signal: &str) {
+pub fn kill_group(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg("--")
