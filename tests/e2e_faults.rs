@@ -3,41 +3,11 @@
 //! with SHA-256 and every recovery is counted in the simulator's statistics (protocol.md §4,
 //! §7, §10).
 
-use std::fs;
-
 use ssm_proxy::sim::{DropPlan, FaultPlan, PausePlan, SimConfig};
 
 use crate::support::{Fixture, TempDir, proxy_bin, run_ok, sha256_file, write_random_file};
 
 const BULK: u64 = 300;
-
-/// Uploads then downloads `mib` MiB through the proxy and checks both copies.
-fn scp_round_trip(fx: &Fixture, mib: u64, seed: u64) {
-    let env = fx.env();
-    let local = TempDir::new("faults");
-    let src = local.join("src.bin");
-    let digest = write_random_file(&src, mib << 20, seed);
-    let remote = fx.sshd.dir().join(format!("up-{seed}.bin"));
-    run_ok(
-        fx.sshd
-            .scp_cmd(proxy_bin(), &env)
-            .arg(&src)
-            .arg(fx.sshd.remote(&remote)),
-        BULK,
-    );
-    assert_eq!(sha256_file(&remote), digest, "upload corrupted");
-    let down = local.join("down.bin");
-    run_ok(
-        fx.sshd
-            .scp_cmd(proxy_bin(), &env)
-            .arg(fx.sshd.remote(&remote))
-            .arg(&down),
-        BULK,
-    );
-    assert_eq!(fs::metadata(&down).map(|m| m.len()).unwrap_or(0), mib << 20);
-    assert_eq!(sha256_file(&down), digest, "download corrupted");
-    fx.assert_no_sessions();
-}
 
 fn both_ways(plan: &str) -> SimConfig {
     let plan = FaultPlan::parse(plan).expect("fault plan");
@@ -58,27 +28,27 @@ fn drops(spec: &str) -> SimConfig {
 
 #[test]
 fn loss_8mib_both_ways() {
-    scp_round_trip(&Fixture::with(both_ways("loss=0.03")), 8, 1);
+    Fixture::with(both_ways("loss=0.03")).scp_round_trip(8, 1);
 }
 
 #[test]
 fn duplication_8mib_both_ways() {
-    scp_round_trip(&Fixture::with(both_ways("dup=0.05")), 8, 2);
+    Fixture::with(both_ways("dup=0.05")).scp_round_trip(8, 2);
 }
 
 #[test]
 fn reordering_8mib_both_ways() {
-    scp_round_trip(&Fixture::with(both_ways("reorder=0.05")), 8, 3);
+    Fixture::with(both_ways("reorder=0.05")).scp_round_trip(8, 3);
 }
 
 #[test]
 fn corrupted_digests_8mib_both_ways() {
-    scp_round_trip(&Fixture::with(both_ways("corrupt=0.02")), 8, 4);
+    Fixture::with(both_ways("corrupt=0.02")).scp_round_trip(8, 4);
 }
 
 #[test]
 fn delay_and_jitter_8mib_both_ways() {
-    scp_round_trip(&Fixture::with(both_ways("delay=2ms,jitter=3ms")), 8, 5);
+    Fixture::with(both_ways("delay=2ms,jitter=3ms")).scp_round_trip(8, 5);
 }
 
 #[test]
@@ -86,7 +56,7 @@ fn everything_at_once_8mib_both_ways() {
     let fx = Fixture::with(both_ways(
         "loss=0.02,dup=0.02,reorder=0.03,corrupt=0.01,jitter=1ms",
     ));
-    scp_round_trip(&fx, 8, 6);
+    fx.scp_round_trip(8, 6);
 }
 
 #[test]
@@ -96,7 +66,7 @@ fn publication_pause_bursts_8mib_both_ways() {
         pauses,
         ..Default::default()
     });
-    scp_round_trip(&fx, 8, 7);
+    fx.scp_round_trip(8, 7);
     assert!(fx.sim.stats().pauses >= 2, "{:?}", fx.sim.stats());
 }
 
@@ -146,7 +116,7 @@ fn abrupt_drop_while_uploading() {
 #[test]
 fn clean_close_1000_bye_mid_transfer() {
     let fx = Fixture::with(drops("after-bytes=10000000,clean,max=2"));
-    scp_round_trip(&fx, 16, 10);
+    fx.scp_round_trip(16, 10);
     assert_eq!(
         fx.sim.stats().drops,
         4,
@@ -158,7 +128,7 @@ fn clean_close_1000_bye_mid_transfer() {
 fn drop_every_half_second_through_64mib() {
     // The "every 5 s" scaled to this machine: a local 64 MiB scp takes a few seconds.
     let fx = Fixture::with(drops("after=500ms"));
-    scp_round_trip(&fx, 64, 11);
+    fx.scp_round_trip(64, 11);
     assert!(fx.sim.stats().drops >= 2, "{:?}", fx.sim.stats());
 }
 
@@ -217,7 +187,7 @@ fn repeated_drops_with_loss_stay_byte_exact() {
     let mut config = both_ways("loss=0.01,reorder=0.02");
     config.drops = DropPlan::parse("after-bytes=2000000").expect("plan");
     let fx = Fixture::with(config);
-    scp_round_trip(&fx, 8, 12);
+    fx.scp_round_trip(8, 12);
     assert!(fx.sim.stats().drops >= 4);
 }
 

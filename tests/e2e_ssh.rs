@@ -88,33 +88,7 @@ fn stdout_and_stderr_stay_separate() {
 
 #[test]
 fn scp_64mib_up_and_down() {
-    let fx = Fixture::new();
-    let env = fx.env();
-    let local = TempDir::new("scp");
-    let src = local.join("up.bin");
-    let digest = write_random_file(&src, 64 << 20, 64);
-
-    let remote = fx.sshd.dir().join("uploaded.bin");
-    run_ok(
-        fx.sshd
-            .scp_cmd(proxy_bin(), &env)
-            .arg(&src)
-            .arg(fx.sshd.remote(&remote)),
-        BULK,
-    );
-    assert_eq!(sha256_file(&remote), digest, "upload corrupted");
-
-    let down = local.join("down.bin");
-    run_ok(
-        fx.sshd
-            .scp_cmd(proxy_bin(), &env)
-            .arg(fx.sshd.remote(&remote))
-            .arg(&down),
-        BULK,
-    );
-    assert_eq!(fs::metadata(&down).expect("downloaded").len(), 64 << 20);
-    assert_eq!(sha256_file(&down), digest, "download corrupted");
-    fx.assert_no_sessions();
+    Fixture::new().scp_round_trip(64, 64);
 }
 
 /// Counts "Number of regular files transferred: N" in `rsync --stats` output.

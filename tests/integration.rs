@@ -3,6 +3,7 @@ mod e2e_eic;
 mod e2e_errors;
 mod e2e_faults;
 mod e2e_forward;
+mod e2e_kms;
 mod e2e_memory;
 mod e2e_network;
 mod e2e_plugin;

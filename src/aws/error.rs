@@ -141,6 +141,18 @@ pub enum AwsError {
         /// What KMS said.
         why: String,
     },
+    /// KMS could not be reached for the session's data key.
+    #[error(
+        "could not reach KMS at {endpoint} for key {key}: {detail}: check the network, proxy settings (HTTPS_PROXY) and AWS_ENDPOINT_URL_KMS (in a private subnet: a kms VPC endpoint)"
+    )]
+    KmsUnreachable {
+        /// Key id or ARN the agent asked for.
+        key: String,
+        /// URL tried.
+        endpoint: String,
+        /// Transport error text.
+        detail: String,
+    },
     /// Everything else.
     #[error("{0}")]
     Other(String),
@@ -172,7 +184,8 @@ impl AwsError {
             | Self::NoMatch { .. }
             | Self::Offline { .. }
             | Self::EicRefused { .. }
-            | Self::EicUnreachable { .. } => 69,
+            | Self::EicUnreachable { .. }
+            | Self::KmsUnreachable { .. } => 69,
             _ => 1,
         }
     }

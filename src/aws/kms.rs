@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 
 use super::{Aws, AwsError};
 
@@ -34,27 +34,35 @@ impl Aws {
             key: key_id.to_owned(),
             why,
         };
+        let endpoint = std::env::var("AWS_ENDPOINT_URL_KMS")
+            .unwrap_or_else(|_| format!("https://kms.{}.amazonaws.com", self.region));
+        let unreachable = |detail: String| AwsError::KmsUnreachable {
+            key: key_id.to_owned(),
+            endpoint: endpoint.clone(),
+            detail,
+        };
         let out = match tokio::time::timeout(Duration::from_secs(15), call).await {
-            Err(_) => return Err(kms_error("KMS did not answer within 15 s".into())),
-            Ok(Err(SdkError::ServiceError(e))) => {
-                let err = e.err();
-                let why = format!(
-                    "{}: {}",
-                    err.code().unwrap_or("error"),
-                    err.message().unwrap_or_default()
-                );
-                return Err(kms_error(why.trim_end_matches(['.', ' ', ':']).to_owned()));
-            }
+            Err(_) => return Err(unreachable("no answer within 15 s".into())),
             Ok(Err(e)) => {
-                let text = DisplayErrorContext(&e).to_string();
-                let why = text
-                    .split(" (")
-                    .next()
-                    .unwrap_or(&text)
-                    .rsplit(": ")
-                    .next()
-                    .unwrap_or("unreachable");
-                return Err(kms_error(format!("KMS unreachable: {why}")));
+                let why = match &e {
+                    SdkError::ServiceError(s) => format!(
+                        "{}: {}",
+                        s.err().code().unwrap_or("error"),
+                        s.err().message().unwrap_or_default()
+                    ),
+                    _ => String::new(),
+                };
+                return Err(
+                    match super::error::classify(e, key_id, &self.region, &endpoint) {
+                        AwsError::Unreachable { detail, .. } => unreachable(detail),
+                        e @ (AwsError::NoCredentials | AwsError::BadCredentials(_)) => e,
+                        other => kms_error(if why.is_empty() {
+                            other.to_string()
+                        } else {
+                            why.trim_end_matches(['.', ' ', ':']).to_owned()
+                        }),
+                    },
+                );
             }
             Ok(Ok(out)) => out,
         };

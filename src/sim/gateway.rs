@@ -182,7 +182,11 @@ async fn run_session(
                     if let Some(c) = challenge {
                         context.insert("aws:ssm:RandomChallenge".to_owned(), c);
                     }
-                    agent.set_data_key(now.into_std(), service.kms.decrypt(&blob, &context));
+                    let key = service.kms.decrypt(&blob, &context);
+                    if key.is_ok() {
+                        service.encrypted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    agent.set_data_key(now.into_std(), key);
                 }
                 AgentEvent::Resize(size) => {
                     if let Some(shell) = shell.as_mut() {

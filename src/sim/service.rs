@@ -37,6 +37,8 @@ pub struct SimStats {
     pub pauses: u64,
     /// DescribeInstanceInformation calls.
     pub describes: u64,
+    /// Sessions whose agent got its KMS data key (encrypted from then on).
+    pub encrypted: u64,
 }
 
 /// Shared state of one simulator instance.
@@ -52,6 +54,7 @@ pub struct Service {
     pub(crate) pauses: AtomicU64,
     counter: AtomicU64,
     describes: AtomicU64,
+    pub(crate) encrypted: AtomicU64,
     eic: super::fleet::EicKeys,
     pub(crate) kms: super::kms::Kms,
 }
@@ -73,6 +76,7 @@ impl Service {
             pauses: AtomicU64::new(0),
             counter: AtomicU64::new(0),
             describes: AtomicU64::new(0),
+            encrypted: AtomicU64::new(0),
         }
     }
 
@@ -307,6 +311,7 @@ impl Service {
             drops: self.drops.load(Ordering::Relaxed),
             pauses: self.pauses.load(Ordering::Relaxed),
             describes: self.describes.load(Ordering::Relaxed),
+            encrypted: self.encrypted.load(Ordering::Relaxed),
         }
     }
 }

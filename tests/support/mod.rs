@@ -381,6 +381,25 @@ impl Fixture {
         self.sshd.ssh_cmd(proxy_bin(), &self.env())
     }
 
+    /// Uploads then downloads `mib` MiB with scp through the proxy, checks both copies with
+    /// SHA-256, and checks that no session is left.
+    pub fn scp_round_trip(&self, mib: u64, seed: u64) {
+        const BOUND: u64 = 300;
+        let env = self.env();
+        let local = TempDir::new("scp");
+        let src = local.join("src.bin");
+        let digest = write_random_file(&src, mib << 20, seed);
+        let remote = self.sshd.dir().join(format!("up-{seed}.bin"));
+        let scp = || self.sshd.scp_cmd(proxy_bin(), &env);
+        run_ok(scp().arg(&src).arg(self.sshd.remote(&remote)), BOUND);
+        assert_eq!(sha256_file(&remote), digest, "upload corrupted");
+        let down = local.join("down.bin");
+        run_ok(scp().arg(self.sshd.remote(&remote)).arg(&down), BOUND);
+        assert_eq!(fs::metadata(&down).map(|m| m.len()).unwrap_or(0), mib << 20);
+        assert_eq!(sha256_file(&down), digest, "download corrupted");
+        self.assert_no_sessions();
+    }
+
     /// Asserts that every session the simulator started has ended (bounded wait), i.e. the
     /// proxy left no orphaned session behind.
     pub fn assert_no_sessions(&self) {
