@@ -1,3 +1,4 @@
+mod docs;
 mod e2e_doctor;
 mod e2e_eic;
 mod e2e_errors;
