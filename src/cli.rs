@@ -396,7 +396,7 @@ pub struct SimArgs {
 
     /// When to kill the client's websocket: after-bytes=N, after=MSms, clean (close 1000 "Bye"
     /// instead of a TCP reset), handshake (right after the HandshakeRequest), max=N, blackhole
-    /// (stop relaying instead of closing).
+    /// (stop relaying instead of closing), outage=MS (then refuse new connections for MS).
     #[arg(long, value_name = "DROPS", default_value = "")]
     pub drops: String,
 

@@ -5,7 +5,13 @@
 
 use ssm_proxy::sim::{DropPlan, FaultPlan, PausePlan, SimConfig};
 
-use crate::support::{Fixture, TempDir, proxy_bin, run_ok, sha256_file, write_random_file};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    ChildGuard, Fixture, TARGET, TempDir, apply_env, kill_pid, proxy_bin, run_ok, sha256_file,
+    spawn_group, wait_bounded, wait_until, write_random_file,
+};
 
 const BULK: u64 = 300;
 
@@ -214,8 +220,44 @@ fn a_twelve_second_outage_mid_download_is_survived() {
         "the outage must really have happened"
     );
     assert!(
-        fx.sim.stats().opens >= 3,
+        fx.sim.stats().resumed >= 3,
         "reconnects were refused and retried: {:?}",
+        fx.sim.stats()
+    );
+    fx.assert_no_sessions();
+}
+
+#[test]
+fn a_signal_during_an_outage_ends_the_session_at_once() {
+    // The websocket dies right after the handshake and reconnects fail for a minute: SIGTERM
+    // must not wait for the outage (or --resume-timeout) to end.
+    let fx = Fixture::with(drops("after-bytes=100,max=1,outage=60000"));
+    let mut cmd = Command::new(proxy_bin());
+    apply_env(&mut cmd, &fx.env())
+        .args([TARGET, &fx.sshd.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = ChildGuard(spawn_group(&mut cmd));
+    // The simulator accepts each websocket and resets it at once: the client must back off
+    // between such resumes rather than spin.
+    assert!(
+        wait_until(20, || fx.sim.stats().resumed >= 3),
+        "not resuming: {:?}",
+        fx.sim.stats()
+    );
+    let started = Instant::now();
+    kill_pid(child.0.id(), "TERM");
+    let status = wait_bounded(&mut child.0, 10).expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(143));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        fx.sim.stats().resumed < 10,
+        "resume storm: {:?}",
         fx.sim.stats()
     );
     fx.assert_no_sessions();

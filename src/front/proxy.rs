@@ -137,7 +137,7 @@ pub async fn relay(
                 },
             }
         };
-        tracing::info!(resumes = driver.resumes(), ?outcome, "session over");
+        tracing::info!(?outcome, "session result");
         // On a normal end, what was received must reach stdout before we exit.
         if let Ok(Outcome {
             end: End::Closed | End::LocalEof,

@@ -187,7 +187,7 @@ pub async fn run(args: ShellArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
                 },
             }
         };
-        tracing::info!(resumes = driver.resumes(), ?outcome, "session over");
+        tracing::info!(?outcome, "session result");
         // What was received reaches the terminal before it leaves raw mode.
         stdout_done.wait(Duration::from_secs(5));
         drop(terminal);

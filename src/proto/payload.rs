@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// First websocket text message after the upgrade (§2.2).
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// First websocket text message after the upgrade (§2.2). Its Debug output hides the token.
+#[derive(Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct OpenDataChannelInput {
     /// Always "1.0".
@@ -20,6 +20,18 @@ pub struct OpenDataChannelInput {
     /// Client version string.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub client_version: String,
+}
+
+impl std::fmt::Debug for OpenDataChannelInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenDataChannelInput")
+            .field("message_schema_version", &self.message_schema_version)
+            .field("request_id", &self.request_id)
+            .field("token_value", &"<redacted>")
+            .field("client_id", &self.client_id)
+            .field("client_version", &self.client_version)
+            .finish()
+    }
 }
 
 /// Body of an `acknowledge` frame (§4.2).
@@ -143,6 +155,20 @@ pub struct Size {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn open_data_channel_debug_hides_the_token() {
+        let open = OpenDataChannelInput {
+            token_value: "secret-token".into(),
+            request_id: "r-1".into(),
+            ..Default::default()
+        };
+        let text = format!("{open:?}");
+        assert!(
+            !text.contains("secret-token") && text.contains("r-1"),
+            "{text}"
+        );
+    }
     use super::*;
 
     #[test]

@@ -65,6 +65,12 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>) {
 }
 
 async fn accept(stream: TcpStream, service: Arc<Service>) {
+    if service.in_outage() {
+        // The network is "down": the connection dies before any HTTP is spoken.
+        #[allow(deprecated)]
+        let _ = stream.set_linger(Some(Duration::ZERO));
+        return;
+    }
     let mut path = String::new();
     // The error type is tungstenite's, not ours to shrink.
     #[allow(clippy::result_large_err)]
@@ -214,6 +220,9 @@ async fn run_session(
         }
         if client.is_some() && link.should_drop(&cfg.drops, now) {
             link.kill(&mut client, &cfg.drops).await;
+            if let Some(outage) = cfg.drops.outage {
+                service.begin_outage(outage);
+            }
             service.drops.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(output) = finished.take() {
@@ -242,12 +251,6 @@ async fn run_session(
         .unwrap_or(now + Duration::from_secs(3600));
         tokio::select! {
             a = attach.recv() => match a {
-                Some(Attach::Client(ws)) if link.refuse_until.is_some_and(|t| now < t) => {
-                    // Still "offline": the open fails as if the network were down.
-                    #[allow(deprecated)]
-                    let _ = ws.get_ref().set_linger(Some(Duration::ZERO));
-                    drop(ws);
-                }
                 Some(Attach::Client(ws)) => {
                     client = Some(ws);
                     link.attached(now, !opened_once && cfg.drops.in_handshake);
@@ -349,7 +352,6 @@ struct LinkState {
     kills: u32,
     kill_in_handshake: bool,
     blackholed: bool,
-    refuse_until: Option<Instant>,
 }
 
 impl Default for LinkState {
@@ -360,7 +362,6 @@ impl Default for LinkState {
             kills: 0,
             kill_in_handshake: false,
             blackholed: false,
-            refuse_until: None,
         }
     }
 }
@@ -399,7 +400,6 @@ impl LinkState {
 
     async fn kill(&mut self, client: &mut Option<Box<Ws>>, plan: &DropPlan) {
         self.kills += 1;
-        self.refuse_until = plan.outage.map(|d| Instant::now() + d);
         tracing::info!(
             kill = self.kills,
             attached = client.is_some(),

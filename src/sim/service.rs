@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -55,6 +56,8 @@ pub struct Service {
     counter: AtomicU64,
     describes: AtomicU64,
     pub(crate) encrypted: AtomicU64,
+    /// Until when new data-channel connections are refused (a simulated network outage).
+    outage_until: Mutex<Option<std::time::Instant>>,
     eic: super::fleet::EicKeys,
     pub(crate) kms: super::kms::Kms,
 }
@@ -77,6 +80,7 @@ impl Service {
             counter: AtomicU64::new(0),
             describes: AtomicU64::new(0),
             encrypted: AtomicU64::new(0),
+            outage_until: Mutex::new(None),
         }
     }
 
@@ -287,6 +291,20 @@ impl Service {
             }
             _ => false,
         }
+    }
+
+    /// Refuses new data-channel connections for `length`, as a network outage would.
+    pub fn begin_outage(&self, length: Duration) {
+        *self.outage_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now() + length);
+    }
+
+    /// Whether a simulated outage is going on.
+    pub fn in_outage(&self) -> bool {
+        self.outage_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| std::time::Instant::now() < t)
     }
 
     /// Called by the session task when the session is over.

@@ -144,7 +144,15 @@ pub struct Driver {
     last_heard: Instant,
     exit_code: Option<i32>,
     resumes: u32,
+    /// Whether the current websocket has carried anything from the service.
+    heard_since_open: bool,
+    /// Wait before resuming a websocket that died without carrying anything; doubles while
+    /// they keep dying so.
+    flap_delay: Duration,
 }
+
+/// First and largest wait before resuming a websocket that died without carrying anything.
+const FLAP_DELAY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 impl Driver {
     /// Opens the data channel for a freshly started session (retrying the same token briefly,
@@ -194,6 +202,8 @@ impl Driver {
             last_heard: now,
             exit_code: None,
             resumes: 0,
+            heard_since_open: false,
+            flap_delay: FLAP_DELAY.0,
         })
     }
 
@@ -210,6 +220,21 @@ impl Driver {
     /// Runs the session until it ends. `ready` learns the session kind when the handshake is
     /// over; `signals` delivers signal numbers that should end the session.
     pub async fn run(
+        &mut self,
+        local: Local,
+        ready: Option<oneshot::Sender<SessionKind>>,
+        signals: &mut mpsc::Receiver<i32>,
+    ) -> Result<Outcome, DriveError> {
+        let result = self.run_inner(local, ready, signals).await;
+        tracing::info!(
+            resumes = self.resumes,
+            retransmissions = self.session.retransmissions(),
+            "session over"
+        );
+        result
+    }
+
+    async fn run_inner(
         &mut self,
         mut local: Local,
         mut ready: Option<oneshot::Sender<SessionKind>>,
@@ -270,22 +295,23 @@ impl Driver {
             .unwrap_or(now + Duration::from_secs(3600));
             let accept = input_open && self.session.can_accept_input();
             let has_output = self.session.pending_output() > 0;
+            let mut lost = false;
             tokio::select! {
                 msg = self.reader.next() => match msg {
                     Some(Ok(Message::Binary(b))) => self.heard(b),
                     Some(Ok(Message::Text(t))) => self.heard(Bytes::from(t)),
                     Some(Ok(Message::Close(frame))) => {
                         tracing::info!(?frame, "websocket closed by the service");
-                        self.resume().await?;
+                        lost = true;
                     }
                     Some(Ok(_)) => self.last_heard = Instant::now(),
                     Some(Err(e)) => {
                         tracing::info!(error = %e, "websocket lost");
-                        self.resume().await?;
+                        lost = true;
                     }
                     None => {
                         tracing::info!("websocket ended");
-                        self.resume().await?;
+                        lost = true;
                     }
                 },
                 data = local.input.recv(), if accept => {
@@ -311,12 +337,19 @@ impl Driver {
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > self.config.dead_after {
                         tracing::info!("no traffic from the service for {:?}; reconnecting", self.config.dead_after);
-                        self.resume().await?;
+                        lost = true;
                     } else {
                         let _ = self.writer.send(Message::Ping(Bytes::from_static(b"keepalive")));
                     }
                 }
                 sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
+            }
+            if lost {
+                // A signal must not wait for --resume-timeout.
+                tokio::select! {
+                    resumed = self.resume() => resumed?,
+                    sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
+                }
             }
         }
     }
@@ -358,6 +391,7 @@ impl Driver {
 
     fn heard(&mut self, frame: Bytes) {
         self.last_heard = Instant::now();
+        self.heard_since_open = true;
         self.session.handle_frame(self.last_heard.into_std(), frame);
     }
 
@@ -388,6 +422,15 @@ impl Driver {
     /// Replaces a lost websocket: ResumeSession (fresh credentials come from the provider chain
     /// on every call), dial the returned URL, resend everything unacked.
     async fn resume(&mut self) -> Result<(), DriveError> {
+        // A gateway that accepts websockets and drops them at once must not turn into a hot
+        // loop of ResumeSession calls.
+        if !self.heard_since_open {
+            tracing::debug!(wait = ?self.flap_delay, "websocket died empty; waiting before resuming");
+            tokio::time::sleep(self.flap_delay).await;
+            self.flap_delay = (self.flap_delay * 2).min(FLAP_DELAY.1);
+        } else {
+            self.flap_delay = FLAP_DELAY.0;
+        }
         let started = Instant::now();
         let mut backoff = Duration::from_millis(100);
         let mut last_error = String::from("no attempt made");
@@ -410,6 +453,7 @@ impl Driver {
                             self.writer = writer;
                             self.reader = reader;
                             self.last_heard = Instant::now();
+                            self.heard_since_open = false;
                             self.session.handle_reconnect(self.last_heard.into_std());
                             self.resumes += 1;
                             tracing::info!(after = ?started.elapsed(), "data channel resumed");
