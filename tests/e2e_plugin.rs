@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ssm_proxy::sim::{Sim, SimConfig};
@@ -276,4 +276,61 @@ fn tokens_stay_out_of_trace_logs() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!log.contains("sim-token"), "a token reached the log");
     fx.assert_no_sessions();
+}
+
+/// `aws ssm start-session` with a command document, and with no document (a shell fed from a
+/// pipe), through the drop-in.
+#[test]
+fn aws_start_session_through_the_drop_in_runs_commands_and_shells() {
+    if !aws_cli() {
+        return;
+    }
+    let sim = Sim::start(SimConfig {
+        shell_output_delay: Duration::ZERO,
+        shell: Some("/bin/sh".into()),
+        ..Default::default()
+    })
+    .expect("simulator");
+    let (dir, _) = plugin_dir();
+    let home = TempDir::new("plugin-shell");
+    let mut env = sim.env();
+    env.push(("PATH".into(), path_with(&dir)));
+    env.push(("HOME".into(), home.path().display().to_string()));
+    let aws = |extra: &[&str], stdin: Stdio| {
+        let mut cmd = Command::new("aws");
+        apply_env(&mut cmd, &env)
+            .args(["ssm", "start-session", "--target", TARGET])
+            .args(extra)
+            .args(["--endpoint-url", &sim.endpoint(), "--region", "us-east-1"])
+            .stdin(stdin);
+        run_with_timeout(&mut cmd, BOUND)
+    };
+
+    let out = aws(
+        &[
+            "--document-name",
+            "AWS-StartNonInteractiveCommand",
+            "--parameters",
+            r#"{"command": ["echo from-command; echo to-stderr >&2"]}"#,
+        ],
+        Stdio::null(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("from-command"), "{stdout}");
+    assert!(
+        !stdout.contains("to-stderr"),
+        "stderr mixed into stdout: {stdout}"
+    );
+
+    let script = TempDir::new("plugin-script");
+    let input = script.join("in.sh");
+    std::fs::write(&input, "echo from-shell-$((6*7))\nexit\n").expect("script");
+    let out = aws(&[], Stdio::from(std::fs::File::open(&input).expect("open")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("from-shell-42"), "{out:?}");
+    assert!(
+        wait_until(10, || sim.active_sessions() == 0),
+        "session left on the service"
+    );
 }

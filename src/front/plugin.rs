@@ -12,7 +12,8 @@
 //! SSH documents run the same relay as proxy mode ([`proxy::relay`]), with ResumeSession and
 //! TerminateSession sent to the argv region, profile and endpoint. Unlike the official plugin,
 //! nothing is printed on stdout (it is ssh's byte stream) and failures exit non-zero.
-//! Port-forwarding documents run [`forward`]'s engines on the handed-over session.
+//! Port-forwarding documents run [`forward`]'s engines on the handed-over session, shell and
+//! command documents [`shell`]'s terminal handling (with the remote exit status as ours).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -22,7 +23,7 @@ use serde_json::Value;
 use crate::aws::{Aws, AwsOptions, SessionGrant};
 use crate::cli::UsageError;
 use crate::front::forward::{self, Forward};
-use crate::front::proxy;
+use crate::front::{proxy, shell};
 use crate::os;
 use crate::transport::websocket::{self, NetConfig};
 
@@ -138,9 +139,6 @@ pub enum PluginError {
     /// argv or the JSON in it is not what the AWS CLI sends.
     #[error("{0}: run it through the AWS CLI (aws ssm start-session), and update the AWS CLI")]
     BadHandOff(String),
-    /// A document this entry does not relay.
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// Runs a handed-over session; `response` is the StartSession response JSON (already taken
@@ -208,19 +206,15 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
     if document.contains("PortForwarding") || has_param("localPortNumber") {
         return port_forward(aws, grant, target, document, &request).await;
     }
-    let unsupported = if is_shell_document(&document) {
-        Some(format!(
-            "interactive shell sessions ({document}) are not handled by ssm-proxy's \
-             {PLUGIN_NAME} entry: use ssh through ssm-proxy, or put the official plugin first \
-             on PATH for shells"
-        ))
-    } else {
-        None
-    };
-    if let Some(why) = unsupported {
-        // The AWS CLI started the session; do not leave it open.
-        let _ = aws.terminate_session(&grant.session_id).await;
-        return Err(PluginError::Unsupported(why).into());
+    if is_shell_document(&document) || !has_param("portNumber") {
+        // The AWS CLI's default (no --document-name) is the account's shell document.
+        let plan = shell::Plan {
+            remote_tty: document != shell::COMMAND_DOCUMENT,
+            parameters: document_parameters(&request),
+            document,
+        };
+        let signals = os::signals();
+        return shell::run_granted(aws, grant, &target, &plan, env_resume_timeout(), signals).await;
     }
     let config = proxy::driver_config(1024, env_resume_timeout(), 30);
     // Re-enables SIGINT, which the AWS CLI set to ignored before starting us (§1.3).
@@ -309,12 +303,12 @@ fn env_resume_timeout() -> u64 {
         .unwrap_or(300)
 }
 
-/// Documents that open a shell rather than a port session.
+/// Documents that open a shell or run a command rather than a port session.
 fn is_shell_document(document: &str) -> bool {
     [
-        "SSM-SessionManagerRunShell",
-        "AWS-StartInteractiveCommand",
-        "AWS-StartNonInteractiveCommand",
+        shell::SHELL_DOCUMENT,
+        shell::INTERACTIVE_DOCUMENT,
+        shell::COMMAND_DOCUMENT,
     ]
     .contains(&document)
 }

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use crate::aws::{Aws, SessionGrant};
 use crate::cli::{AwsArgs, ShellArgs, UsageError};
 use crate::front::target::{self, TargetSpec};
 use crate::os;
@@ -137,10 +138,23 @@ pub async fn run(args: ShellArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
         r = start => r?,
         sig = signals.recv() => return Ok(os::signal_exit_code(sig.unwrap_or(os::SIGINT))),
     };
+    run_granted(aws, grant, &target, &plan, args.resume_timeout, signals).await
+}
+
+/// Runs a started shell or command session to its end (also for the session-manager-plugin
+/// entry, whose session the AWS CLI started); returns the process exit status.
+pub async fn run_granted(
+    aws: Aws,
+    grant: SessionGrant,
+    target: &str,
+    plan: &Plan,
+    resume_timeout: u64,
+    signals: mpsc::Receiver<i32>,
+) -> anyhow::Result<u8> {
     let raw = plan.remote_tty && std::io::stdin().is_terminal();
     let config = DriverConfig {
-        resume_timeout: Duration::from_secs(args.resume_timeout),
-        target: target.to_string(),
+        resume_timeout: Duration::from_secs(resume_timeout),
+        target: target.to_owned(),
         ..Default::default()
     };
     let session_id = grant.session_id.clone();
