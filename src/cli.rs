@@ -1,6 +1,9 @@
 //! Command-line syntax (clap derive). Only the shape of the arguments lives here; turning them
 //! into configuration happens in the front-ends.
 
+// Doc comments here are also --help text, written for terminals: `[BIND:]` is syntax, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

@@ -135,14 +135,58 @@ fn usage_error(e: clap::Error) -> i32 {
         return 0;
     }
     let text = e.render().to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
-    eprintln!(
-        "ssm-proxy: {}; see ssm-proxy --help",
-        first.trim_start_matches("error: ")
-    );
+    eprintln!("ssm-proxy: {}", usage_line(&text));
     2
+}
+
+/// clap's rendered error as one line: its first paragraph (which names what is missing or
+/// wrong) and the help to read, e.g. `ssm-proxy forward --help` for a subcommand.
+fn usage_line(rendered: &str) -> String {
+    let what: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let what = what.join(" ");
+    let what = what.trim_start_matches("error: ").trim_end_matches(':');
+    let command: Vec<&str> = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .unwrap_or("ssm-proxy")
+        .split_whitespace()
+        .take_while(|w| !w.starts_with(['[', '<', '-']))
+        .collect();
+    let command = if command.is_empty() {
+        "ssm-proxy".to_owned()
+    } else {
+        command.join(" ")
+    };
+    format!("{what}; see {command} --help")
 }
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_line;
+
+    #[test]
+    fn usage_errors_keep_what_is_missing_and_name_the_subcommand() {
+        let rendered = "error: the following required arguments were not provided:\n  <TARGET>\n  \
+                        --local <[BIND:]LPORT:[HOST:]RPORT>\n\nUsage: ssm-proxy forward --local \
+                        <[BIND:]LPORT:[HOST:]RPORT> <TARGET>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_line(rendered),
+            "the following required arguments were not provided: <TARGET> --local \
+             <[BIND:]LPORT:[HOST:]RPORT>; see ssm-proxy forward --help"
+        );
+        assert_eq!(
+            usage_line(
+                "error: unexpected argument '--bogus' found\n\nUsage: ssm-proxy [OPTIONS]\n"
+            ),
+            "unexpected argument '--bogus' found; see ssm-proxy --help"
+        );
+    }
 }

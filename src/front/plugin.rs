@@ -52,17 +52,17 @@ pub enum Invocation {
 /// The positional arguments of a session hand-off.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PluginArgs {
-    /// argv[1]: the response JSON, or the name of the env var holding it.
+    /// `argv[1]`: the response JSON, or the name of the env var holding it.
     pub response: String,
-    /// argv[2].
+    /// `argv[2]`.
     pub region: String,
-    /// argv[3] (`StartSession`).
+    /// `argv[3]` (`StartSession`).
     pub operation: String,
-    /// argv[4]; empty for none.
+    /// `argv[4]`; empty for none.
     pub profile: String,
-    /// argv[5], absent from legacy 4-argument calls.
+    /// `argv[5]`, absent from legacy 4-argument calls.
     pub request: Option<String>,
-    /// argv[6].
+    /// `argv[6]`.
     pub endpoint: Option<String>,
 }
 
@@ -81,7 +81,7 @@ impl std::fmt::Debug for PluginArgs {
 }
 
 impl PluginArgs {
-    /// The env var to read the response from, when argv[1] names one rather than holding JSON.
+    /// The env var to read the response from, when `argv[1]` names one rather than holding JSON.
     pub fn response_env(&self) -> Option<&str> {
         self.response
             .starts_with(RESPONSE_ENV)

@@ -1,4 +1,4 @@
-//! stdin and stdout as the two channels of a [`Local`](super::driver::Local), each served by a
+//! stdin and stdout as the two channels of a [`Local`], each served by a
 //! plain thread: blocking reads and writes work the same on every OS, and bounded channels give
 //! back-pressure both ways.
 
