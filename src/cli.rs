@@ -58,14 +58,9 @@ pub struct Cli {
     #[arg(long = "parameter", value_name = "KEY=VALUE")]
     pub parameters: Vec<String>,
 
-    /// How long to keep trying to resume a lost connection.
-    #[arg(
-        long,
-        default_value_t = 300,
-        value_name = "SECONDS",
-        env = "SSM_PROXY_RESUME_TIMEOUT"
-    )]
-    pub resume_timeout: u64,
+    /// `--resume-timeout`.
+    #[command(flatten)]
+    pub resume: ResumeArgs,
 
     /// TARGET is TARGET.PROFILE.REGION (ssh's %h for `Host *.PROFILE.REGION`); a PROFILE of
     /// `default` keeps --profile or the ambient one. Alias parts override --profile, --region.
@@ -204,6 +199,14 @@ pub struct ShellArgs {
     #[arg(long = "parameter", value_name = "KEY=VALUE")]
     pub parameters: Vec<String>,
 
+    /// `--resume-timeout`.
+    #[command(flatten)]
+    pub resume: ResumeArgs,
+}
+
+/// How long a session rides out a lost connection (every session mode has it).
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
     /// How long to keep trying to resume a lost connection.
     #[arg(
         long,
@@ -218,6 +221,27 @@ pub struct ShellArgs {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// `--parameter KEY=VALUE` arguments as StartSession parameters (a repeated KEY gathers its
+/// values); `example` is a parameter the error message shows.
+pub fn document_parameters(
+    items: &[String],
+    example: &str,
+) -> Result<std::collections::HashMap<String, Vec<String>>, UsageError> {
+    let mut parameters = std::collections::HashMap::<String, Vec<String>>::new();
+    for p in items {
+        let (k, v) = p.split_once('=').ok_or_else(|| {
+            UsageError(format!(
+                "--parameter {p:?} is not KEY=VALUE: write e.g. --parameter {example}"
+            ))
+        })?;
+        parameters
+            .entry(k.to_owned())
+            .or_default()
+            .push(v.to_owned());
+    }
+    Ok(parameters)
+}
 
 /// `ssm-proxy ssh-config`.
 #[derive(Debug, Clone, Args)]
@@ -273,14 +297,9 @@ pub struct ForwardArgs {
     #[arg(short = 'L', long = "local", value_name = "[BIND:]LPORT:[HOST:]RPORT", required = true, value_parser = ForwardSpec::parse)]
     pub forwards: Vec<ForwardSpec>,
 
-    /// How long to keep trying to resume a lost connection.
-    #[arg(
-        long,
-        default_value_t = 300,
-        value_name = "SECONDS",
-        env = "SSM_PROXY_RESUME_TIMEOUT"
-    )]
-    pub resume_timeout: u64,
+    /// `--resume-timeout`.
+    #[command(flatten)]
+    pub resume: ResumeArgs,
 }
 
 /// One `-L` specification.

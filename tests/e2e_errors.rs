@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ssm_proxy::sim::{Sim, SimConfig};
 
-use crate::support::{TARGET, TempDir, apply_env, proxy_bin, run_with_timeout};
+use crate::support::{self, TARGET, TempDir, apply_env, proxy_bin, run_with_timeout};
 
 /// Bound for every error case.
 const BOUND: u64 = 5;
@@ -37,27 +37,9 @@ fn run_proxy(env: &[(String, String)], args: &[&str]) -> Output {
     run_with_timeout(&mut cmd, BOUND)
 }
 
-/// Asserts the failure shape (non-zero, silent stdout, one stderr line) and returns that line,
-/// lower-cased.
+/// The failure's one stderr line (see [`support::one_line_failure`]), lower-cased.
 fn one_line_failure(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "expected failure, got {} (stderr {stderr:?})",
-        out.status
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "stdout must stay empty (it is ssh's data stream): {:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let line = stderr.trim();
-    assert!(!line.is_empty(), "stderr is empty");
-    assert!(
-        !line.contains('\n'),
-        "stderr has more than one line: {stderr:?}"
-    );
-    line.to_lowercase()
+    support::one_line_failure(out).to_lowercase()
 }
 
 /// A runtime (non-usage) failure: also `ssm-proxy: ...` prefixed.

@@ -43,7 +43,7 @@ pub async fn run(args: ForwardArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
             document: document.to_owned(),
             parameters,
             destination: format!("{}:{}", spec.host_label(), spec.remote_port),
-            resume_timeout: args.resume_timeout,
+            resume_timeout: args.resume.resume_timeout,
         };
         forwards.push((forward, listener, None));
     }

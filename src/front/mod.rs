@@ -12,6 +12,7 @@ pub mod target;
 
 use crate::aws::{Aws, AwsOptions};
 use crate::cli::AwsArgs;
+use crate::transport::DriveError;
 use crate::transport::websocket::{self, NetConfig};
 
 /// Applies the network flags and loads the SDK clients; returns them with the profile, which
@@ -26,4 +27,17 @@ pub async fn connect(args: &AwsArgs) -> anyhow::Result<(Aws, Option<String>)> {
         endpoint_url: args.endpoint_url.clone(),
     };
     Ok((Aws::load(&opts).await?, opts.profile))
+}
+
+/// After a session failed on our side: terminate it on the service (unless the service itself
+/// already ended it) so nothing is left running; returns the error to report.
+pub async fn end_failed_session(aws: &Aws, session_id: &str, e: anyhow::Error) -> anyhow::Error {
+    let over = matches!(
+        e.downcast_ref::<DriveError>(),
+        Some(DriveError::Gone | DriveError::ClosedWithError(_))
+    );
+    if !over {
+        let _ = aws.terminate_session(session_id).await;
+    }
+    e
 }

@@ -3,20 +3,19 @@
 //! data channel → stdout, and nothing else ever on stdout (§8.2, pitfall 7). [`relay`] is the
 //! part the session-manager-plugin entry shares.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::aws::{Aws, AwsOptions, SessionGrant};
-use crate::cli::{Cli, UsageError};
+use crate::cli::{self, Cli, UsageError};
 use crate::front::target::{self, Alias, TargetSpec};
 use crate::os;
 use crate::proto::{SessionConfig, SessionKind};
 use crate::transport::websocket::{self, NetConfig};
-use crate::transport::{DriveError, Driver, DriverConfig, End, Outcome, stdio};
+use crate::transport::{Driver, DriverConfig, End, Outcome, stdio};
 
 /// Public keys `--send-key` tries, in order, under `~/.ssh`.
 const DEFAULT_KEYS: [&str; 3] = ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"];
@@ -31,18 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         (given, cli.aws.profile, cli.aws.region)
     };
     let spec = TargetSpec::parse(&target_text)?;
-    let mut parameters: HashMap<String, Vec<String>> = HashMap::new();
-    for p in &cli.parameters {
-        let (k, v) = p.split_once('=').ok_or_else(|| {
-            UsageError(format!(
-                "--parameter {p:?} is not KEY=VALUE: write e.g. --parameter host=db.internal"
-            ))
-        })?;
-        parameters
-            .entry(k.to_owned())
-            .or_default()
-            .push(v.to_owned());
-    }
+    let mut parameters = cli::document_parameters(&cli.parameters, "host=db.internal")?;
     parameters.insert("portNumber".into(), vec![cli.port.to_string()]);
     let send_key = match &cli.send_key {
         None => None,
@@ -84,7 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         r = prepare => r?,
         sig = signals.recv() => return Ok(os::signal_exit_code(sig.unwrap_or(os::SIGINT))),
     };
-    let config = driver_config(cli.max_payload, cli.resume_timeout, cli.dead_after);
+    let config = driver_config(cli.max_payload, cli.resume.resume_timeout, cli.dead_after);
     relay(aws, grant, &target, config, &mut signals).await
 }
 
@@ -125,18 +113,10 @@ pub async fn relay(
             .map_err(anyhow::Error::from)?;
         let (local, stdout_done) = stdio::local();
         // A port-forwarding document would mix smux frames into ssh's byte stream.
-        let (ready, kind_rx) = oneshot::channel();
-        let outcome = {
-            let run = driver.run(local, Some(ready), signals);
-            tokio::pin!(run);
-            tokio::select! {
-                outcome = &mut run => outcome,
-                Ok(kind) = kind_rx => match kind {
-                    SessionKind::Stream => run.await,
-                    other => return Err(NotStream(other).into()),
-                },
-            }
-        };
+        let outcome = driver
+            .run_kind(local, signals, |k| *k == SessionKind::Stream)
+            .await
+            .map_err(NotStream)?;
         tracing::info!(?outcome, "session result");
         // On a normal end, what was received must reach stdout before we exit.
         if let Ok(Outcome {
@@ -155,17 +135,7 @@ pub async fn relay(
             End::Signal(sig) => os::signal_exit_code(sig),
             _ => 0,
         }),
-        Err(e) => {
-            // Leave nothing running on the service, whatever went wrong here.
-            let over = matches!(
-                e.downcast_ref::<DriveError>(),
-                Some(DriveError::Gone | DriveError::ClosedWithError(_))
-            );
-            if !over {
-                let _ = aws.terminate_session(&session_id).await;
-            }
-            Err(e)
-        }
+        Err(e) => Err(super::end_failed_session(&aws, &session_id, e).await),
     }
 }
 

@@ -13,16 +13,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::aws::{Aws, SessionGrant};
-use crate::cli::{AwsArgs, ShellArgs, UsageError};
+use crate::cli::{self, AwsArgs, ShellArgs, UsageError};
 use crate::front::target::{self, TargetSpec};
 use crate::os;
 use crate::proto::SessionKind;
 use crate::proto::payload::Size;
-use crate::transport::{DriveError, Driver, DriverConfig, End, Input, Local, Outcome};
+use crate::transport::{Driver, DriverConfig, End, Input, Local, Outcome, stdio};
 
 /// The shell document (the account's Session Manager preferences, §1.2).
 pub const SHELL_DOCUMENT: &str = "SSM-SessionManagerRunShell";
@@ -59,18 +59,7 @@ pub struct Plan {
 impl Plan {
     /// The session the arguments ask for.
     pub fn new(args: &ShellArgs) -> Result<Self, UsageError> {
-        let mut parameters: HashMap<String, Vec<String>> = HashMap::new();
-        for p in &args.parameters {
-            let (k, v) = p.split_once('=').ok_or_else(|| {
-                UsageError(format!(
-                    "--parameter {p:?} is not KEY=VALUE: write e.g. --parameter command=uptime"
-                ))
-            })?;
-            parameters
-                .entry(k.to_owned())
-                .or_default()
-                .push(v.to_owned());
-        }
+        let mut parameters = cli::document_parameters(&args.parameters, "command=uptime")?;
         let Some(command) = remote_command(&args.command) else {
             return Ok(Self {
                 document: args
@@ -138,7 +127,15 @@ pub async fn run(args: ShellArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
         r = start => r?,
         sig = signals.recv() => return Ok(os::signal_exit_code(sig.unwrap_or(os::SIGINT))),
     };
-    run_granted(aws, grant, &target, &plan, args.resume_timeout, signals).await
+    run_granted(
+        aws,
+        grant,
+        &target,
+        &plan,
+        args.resume.resume_timeout,
+        signals,
+    )
+    .await
 }
 
 /// Runs a started shell or command session to its end (also for the session-manager-plugin
@@ -171,7 +168,7 @@ pub async fn run_granted(
         };
         let (input_tx, input) = mpsc::channel::<Input>(8);
         let (end_tx, mut ends) = mpsc::channel::<i32>(4);
-        let (output, stdout_done) = stdout_writer();
+        let (output, stdout_done) = stdio::stdout_writer();
         if raw {
             // The size goes first, before any keystroke (§8.5), then on every change.
             let size = terminal_size();
@@ -188,19 +185,11 @@ pub async fn run_granted(
         // `input_tx` lives on in this task: stdin's end is not the session's end (the remote
         // program's exit is), so the driver must never see the input channel close.
         tokio::spawn(route_signals(signals, input_tx, end_tx, raw));
-        let (ready, kind_rx) = oneshot::channel();
         let local = Local { input, output };
-        let outcome = {
-            let run = driver.run(local, Some(ready), &mut ends);
-            tokio::pin!(run);
-            tokio::select! {
-                outcome = &mut run => outcome,
-                Ok(kind) = kind_rx => match kind {
-                    SessionKind::Shell => run.await,
-                    other => return Err(NotShell(other).into()),
-                },
-            }
-        };
+        let outcome = driver
+            .run_kind(local, &mut ends, |k| *k == SessionKind::Shell)
+            .await
+            .map_err(NotShell)?;
         tracing::info!(?outcome, "session result");
         // What was received reaches the terminal before it leaves raw mode.
         stdout_done.wait(Duration::from_secs(5));
@@ -211,17 +200,7 @@ pub async fn run_granted(
     .await;
     match result {
         Ok(outcome) => Ok(exit_status(&outcome, &session_id)),
-        Err(e) => {
-            // Leave nothing running on the service, whatever went wrong here.
-            let over = matches!(
-                e.downcast_ref::<DriveError>(),
-                Some(DriveError::Gone | DriveError::ClosedWithError(_))
-            );
-            if !over {
-                let _ = aws.terminate_session(&session_id).await;
-            }
-            Err(e)
-        }
+        Err(e) => Err(super::end_failed_session(&aws, &session_id, e).await),
     }
 }
 
@@ -393,37 +372,6 @@ fn spawn_stdin(input: mpsc::Sender<Input>, end: mpsc::Sender<i32>, mode: StdinMo
             StdinMode::Pipe { eot: false } => tracing::debug!("stdin ended"),
         }
     });
-}
-
-/// Signals when everything handed to stdout has been written (or stdout failed).
-struct StdoutDone(std::sync::mpsc::Receiver<()>);
-
-impl StdoutDone {
-    /// Waits at most `limit`; call after the output sender was dropped.
-    fn wait(&self, limit: Duration) {
-        let _ = self.0.recv_timeout(limit);
-    }
-}
-
-/// Writes session output to stdout on a plain thread; the channel's bound is back-pressure.
-fn stdout_writer() -> (mpsc::Sender<Bytes>, StdoutDone) {
-    let (output, mut rx) = mpsc::channel::<Bytes>(8);
-    let (done_tx, done) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut stdout = std::io::stdout().lock();
-        while let Some(data) = rx.blocking_recv() {
-            // EPIPE: the reader is gone; dropping the receiver tells the driver.
-            if stdout
-                .write_all(&data)
-                .and_then(|()| stdout.flush())
-                .is_err()
-            {
-                break;
-            }
-        }
-        let _ = done_tx.send(());
-    });
-    (output, StdoutDone(done))
 }
 
 /// What the escape reader asks for.

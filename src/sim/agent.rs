@@ -379,15 +379,7 @@ impl Agent {
                     }
                     return true;
                 }
-                let took = now.saturating_duration_since(self.start).as_nanos() as i64;
-                let done = json!({"HandshakeTimeToComplete": took, "CustomerMessage": ""});
-                self.send(
-                    now,
-                    ptype::HANDSHAKE_COMPLETE,
-                    Bytes::from(done.to_string()),
-                );
-                self.phase = Phase::Running;
-                self.events.push_back(AgentEvent::Dial);
+                self.complete_handshake(now, "");
                 true
             }
             // §4.3: data before the handshake is over is acked and discarded.
@@ -745,7 +737,14 @@ impl Agent {
         if opened.as_deref() != Some(self.challenge_secret.as_slice()) {
             return false;
         }
-        let done = json!({"HandshakeTimeToComplete": 1, "CustomerMessage": "This session is encrypted using AWS KMS."});
+        self.complete_handshake(now, "This session is encrypted using AWS KMS.");
+        true
+    }
+
+    /// HandshakeComplete, then the session runs and the destination is dialled.
+    fn complete_handshake(&mut self, now: Instant, customer_message: &str) {
+        let took = now.saturating_duration_since(self.start).as_nanos() as i64;
+        let done = json!({"HandshakeTimeToComplete": took, "CustomerMessage": customer_message});
         self.send(
             now,
             ptype::HANDSHAKE_COMPLETE,
@@ -753,7 +752,6 @@ impl Agent {
         );
         self.phase = Phase::Running;
         self.events.push_back(AgentEvent::Dial);
-        true
     }
 
     fn send(&mut self, now: Instant, payload_type: u32, payload: Bytes) {

@@ -234,6 +234,27 @@ impl Driver {
         result
     }
 
+    /// [`run`](Self::run), but only for a session whose kind (known after the handshake)
+    /// `wanted` accepts: any other kind is returned as `Err` at once, with the session still
+    /// open (its data would mean nothing to this caller).
+    pub async fn run_kind(
+        &mut self,
+        local: Local,
+        signals: &mut mpsc::Receiver<i32>,
+        wanted: impl Fn(&SessionKind) -> bool,
+    ) -> Result<Result<Outcome, DriveError>, SessionKind> {
+        let (ready, kind_rx) = oneshot::channel();
+        let run = self.run(local, Some(ready), signals);
+        tokio::pin!(run);
+        tokio::select! {
+            outcome = &mut run => Ok(outcome),
+            Ok(kind) = kind_rx => match wanted(&kind) {
+                true => Ok(run.await),
+                false => Err(kind),
+            },
+        }
+    }
+
     async fn run_inner(
         &mut self,
         mut local: Local,

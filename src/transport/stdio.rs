@@ -25,7 +25,7 @@ impl StdoutDone {
 /// Starts the stdin reader and stdout writer threads.
 pub fn local() -> (Local, StdoutDone) {
     let (in_tx, input) = mpsc::channel::<Input>(8);
-    let (output, mut out_rx) = mpsc::channel::<Bytes>(8);
+    let (output, done) = stdout_writer();
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -50,6 +50,13 @@ pub fn local() -> (Local, StdoutDone) {
             }
         }
     });
+    (Local { input, output }, done)
+}
+
+/// Starts the stdout writer thread alone: what is sent is written and flushed in order; the
+/// channel's bound is back-pressure, and a closed stdout drops the receiver.
+pub fn stdout_writer() -> (mpsc::Sender<Bytes>, StdoutDone) {
+    let (output, mut out_rx) = mpsc::channel::<Bytes>(8);
     let (done_tx, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut stdout = std::io::stdout().lock();
@@ -65,5 +72,5 @@ pub fn local() -> (Local, StdoutDone) {
         }
         let _ = done_tx.send(());
     });
-    (Local { input, output }, StdoutDone(done))
+    (output, StdoutDone(done))
 }
