@@ -143,3 +143,28 @@ fn unreachable_kms_is_one_clear_line() {
         "{line}"
     );
 }
+
+#[test]
+fn interactive_shell_under_kms() {
+    let sim = Sim::start(kms(SimConfig {
+        shell_output_delay: Duration::ZERO,
+        shell: Some("/bin/sh".into()),
+        ..Default::default()
+    }))
+    .expect("sim");
+    let home = TempDir::new("kms-sh");
+    let script = home.join("in.sh");
+    std::fs::write(&script, "echo kms-$((6*7))\nexit\n").expect("script");
+    let mut cmd = Command::new(proxy_bin());
+    apply_env(&mut cmd, &sim.env())
+        .env("HOME", home.path())
+        .args(["shell", TARGET])
+        .stdin(std::fs::File::open(&script).expect("open"));
+    let out = run_with_timeout(&mut cmd, 60);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("kms-42"),
+        "{out:?}"
+    );
+    assert_eq!(sim.stats().encrypted, 1);
+}

@@ -27,6 +27,11 @@ const REMOTE_PROMPT: &str = "sim$ ";
 /// A simulator whose shell sessions run `/bin/sh` with [`REMOTE_PROMPT`] (through a wrapper
 /// script in `dir`), with the agent's real 1 s output delay unless `instant`.
 fn shell_sim(dir: &Path, instant: bool) -> Sim {
+    Sim::start(shell_config(dir, instant)).expect("start simulator")
+}
+
+/// The configuration of [`shell_sim`].
+fn shell_config(dir: &Path, instant: bool) -> SimConfig {
     let wrapper = dir.join("remote-shell");
     fs::write(
         &wrapper,
@@ -41,7 +46,7 @@ fn shell_sim(dir: &Path, instant: bool) -> Sim {
     if instant {
         config.shell_output_delay = Duration::ZERO;
     }
-    Sim::start(config).expect("start simulator")
+    config
 }
 
 fn make_executable(path: &Path) {
@@ -536,9 +541,13 @@ fn shell_latency() {
     if !require(have_tmux(), "tmux") {
         return;
     }
-    for instant in [false, true] {
+    for (instant, kms) in [(false, false), (true, false), (true, true)] {
         let dir = TempDir::new("shell-latency");
-        let sim = shell_sim(dir.path(), instant);
+        let sim = Sim::start(SimConfig {
+            kms_key: kms.then(|| "alias/latency".to_owned()),
+            ..shell_config(dir.path(), instant)
+        })
+        .expect("start simulator");
         let script = launch_script(&sim, dir.path());
         let tmux = Tmux::start(dir.path(), 120, 40);
         let local = echo_median(&tmux, "local$");
@@ -551,9 +560,10 @@ fn shell_latency() {
         let start = ms_since(t0);
         let remote = echo_median(&tmux, REMOTE_PROMPT.trim_end());
         println!(
-            "agent output delay {}: Enter to prompt {start:.0} ms (tmux); echo median of 20: \
+            "agent output delay {}{}: Enter to prompt {start:.0} ms (tmux); echo median of 20: \
              {remote:.1} ms remote, {local:.1} ms local pane (tmux polling floor)",
-            if instant { "0 s" } else { "1 s (real agent)" }
+            if instant { "0 s" } else { "1 s (real agent)" },
+            if kms { ", KMS-encrypted" } else { "" }
         );
         tmux.type_text("exit");
         tmux.keys(&["Enter"]);
