@@ -195,6 +195,42 @@ fn a_slow_reader_leaves_new_output_unacked_instead_of_growing() {
 }
 
 #[test]
+fn a_refused_message_is_taken_as_soon_as_the_reader_catches_up() {
+    // The agent may not resend it for a second, or ever once it drains after its destination
+    // closed: the session keeps it and acks it when there is room.
+    let t0 = Instant::now();
+    let mut s = Session::new(
+        SessionConfig {
+            output_limit: 2048,
+            ..Default::default()
+        },
+        t0,
+    );
+    s.handle_frame(t0, agent_frame(0, ptype::HANDSHAKE_REQUEST, REQUEST));
+    s.handle_frame(t0, agent_frame(1, ptype::HANDSHAKE_COMPLETE, "{}"));
+    sent(&mut s);
+    for seq in 2..5 {
+        s.handle_frame(t0, agent_frame(seq, ptype::OUTPUT, vec![seq as u8; 1024]));
+    }
+    assert_eq!(acked(&sent(&mut s)), [2, 3]);
+    let later = t0 + Duration::from_millis(5);
+    assert!(
+        s.poll_timeout().is_none_or(|t| t > later),
+        "nothing to do while full"
+    );
+    assert_eq!(s.poll_output(1 << 16).map(|b| b.len()), Some(2048));
+    // Room again: the timer is due at once, and the held message is delivered and acked.
+    assert!(s.poll_timeout().is_some_and(|t| t <= later));
+    s.handle_timeout(later);
+    assert_eq!(acked(&sent(&mut s)), [4]);
+    assert_eq!(s.poll_output(1 << 16), Some(Bytes::from(vec![4u8; 1024])));
+    // A late retransmission of it is a duplicate: acked again, not delivered twice.
+    s.handle_frame(later, agent_frame(4, ptype::OUTPUT, vec![4u8; 1024]));
+    assert_eq!(acked(&sent(&mut s)), [4]);
+    assert_eq!(s.pending_output(), 0);
+}
+
+#[test]
 fn pause_publication_holds_input_until_start_or_watchdog() {
     let t0 = Instant::now();
     let mut s = ready_session(t0);

@@ -144,6 +144,10 @@ pub struct Session {
     cipher: Option<Cipher>,
     rng: u64,
     stats: Stats,
+    /// The in-order message refused for lack of output room, unacked: taken (and acked) as soon
+    /// as the local side has read enough, rather than when the agent next retransmits it, which
+    /// may be a second later or, while it drains after its destination closed, never.
+    held: Option<Frame>,
 }
 
 impl Session {
@@ -166,6 +170,7 @@ impl Session {
             pending_request: None,
             cipher: None,
             stats: Stats::default(),
+            held: None,
         }
     }
 
@@ -221,8 +226,10 @@ impl Session {
             Arrival::InOrder => {
                 if !self.process(now, &frame, false) {
                     self.stats.refused += 1;
+                    self.held = Some(frame);
                     return;
                 }
+                self.held = None;
                 self.ack(now, &frame);
                 self.inbox.advance();
                 // Buffered messages were acked when buffered, so they must be delivered now.
@@ -232,6 +239,11 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Whether the held message can be taken now.
+    fn can_take_held(&self) -> bool {
+        self.held.is_some() && self.output_bytes < self.config.output_limit
     }
 
     /// Acts on an in-order message. Returns false when it cannot be taken now (left unacked).
@@ -463,6 +475,11 @@ impl Session {
 
     /// Runs the timers: retransmissions, the ready deadline and the pause watchdog.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.can_take_held()
+            && let Some(frame) = self.held.take()
+        {
+            self.on_stream_message(now, frame);
+        }
         self.outbox.resend_due(now, &mut self.transmit);
         if matches!(
             self.state,
@@ -524,6 +541,11 @@ impl Session {
         self.events.pop_front()
     }
 
+    /// Whether [`Session::poll_event`] has something.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// When [`Session::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let ready = matches!(
@@ -532,7 +554,9 @@ impl Session {
         )
         .then(|| self.start + self.config.ready_timeout);
         let pause = self.paused_since.map(|t| t + self.config.pause_watchdog);
-        [self.outbox.next_deadline(), ready, pause]
+        // Already due: the session started before any now the caller can pass.
+        let held = self.can_take_held().then_some(self.start);
+        [self.outbox.next_deadline(), ready, pause, held]
             .into_iter()
             .flatten()
             .min()

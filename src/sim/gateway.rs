@@ -218,6 +218,9 @@ async fn run_session(
                 }
             }
         }
+        // One flush per turn for everything relayed since the last: frames leave in batches,
+        // as from the real gateway, instead of a syscall each.
+        link.flush(&mut client).await;
         if client.is_some() && link.should_drop(&cfg.drops, now) {
             link.kill(&mut client, &cfg.drops).await;
             if let Some(outage) = cfg.drops.outage {
@@ -392,7 +395,16 @@ impl LinkState {
         }
         self.bytes += msg.len() as u64;
         if let Some(ws) = client.as_mut()
-            && ws.send(Message::binary(msg)).await.is_err()
+            && ws.feed(Message::binary(msg)).await.is_err()
+        {
+            *client = None;
+        }
+    }
+
+    /// Sends what [`relay`](Self::relay) queued.
+    async fn flush(&mut self, client: &mut Option<Box<Ws>>) {
+        if let Some(ws) = client.as_mut()
+            && ws.flush().await.is_err()
         {
             *client = None;
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::SplitStream;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -151,6 +151,8 @@ pub struct Driver {
     flap_delay: Duration,
 }
 
+/// Websocket messages already readable that one turn of the loop takes after the first.
+const READ_BATCH: usize = 256;
 /// First and largest wait before resuming a websocket that died without carrying anything.
 const FLAP_DELAY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
@@ -318,23 +320,21 @@ impl Driver {
             let has_output = self.session.pending_output() > 0;
             let mut lost = false;
             tokio::select! {
-                msg = self.reader.next() => match msg {
-                    Some(Ok(Message::Binary(b))) => self.heard(b),
-                    Some(Ok(Message::Text(t))) => self.heard(Bytes::from(t)),
-                    Some(Ok(Message::Close(frame))) => {
-                        tracing::info!(?frame, "websocket closed by the service");
-                        lost = true;
+                msg = self.reader.next() => {
+                    lost = self.on_message(msg);
+                    // Take what is already readable too: its output then reaches the local
+                    // side in one batch, and its acks go out together. Events (channel_closed
+                    // above all) are acted on before anything after them is read.
+                    for _ in 0..READ_BATCH {
+                        if lost || self.session.has_events() {
+                            break;
+                        }
+                        match self.reader.next().now_or_never() {
+                            Some(msg) => lost = self.on_message(msg),
+                            None => break,
+                        }
                     }
-                    Some(Ok(_)) => self.last_heard = Instant::now(),
-                    Some(Err(e)) => {
-                        tracing::info!(error = %e, "websocket lost");
-                        lost = true;
-                    }
-                    None => {
-                        tracing::info!("websocket ended");
-                        lost = true;
-                    }
-                },
+                }
                 data = local.input.recv(), if accept => {
                     let now = Instant::now().into_std();
                     eof_quiet_until = None;
@@ -408,6 +408,31 @@ impl Driver {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(30), drain).await;
+    }
+
+    /// Handles one websocket read; true means the websocket is lost.
+    fn on_message(
+        &mut self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> bool {
+        match msg {
+            Some(Ok(Message::Binary(b))) => self.heard(b),
+            Some(Ok(Message::Text(t))) => self.heard(Bytes::from(t)),
+            Some(Ok(Message::Close(frame))) => {
+                tracing::info!(?frame, "websocket closed by the service");
+                return true;
+            }
+            Some(Ok(_)) => self.last_heard = Instant::now(),
+            Some(Err(e)) => {
+                tracing::info!(error = %e, "websocket lost");
+                return true;
+            }
+            None => {
+                tracing::info!("websocket ended");
+                return true;
+            }
+        }
+        false
     }
 
     fn heard(&mut self, frame: Bytes) {
