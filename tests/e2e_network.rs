@@ -2,7 +2,8 @@
 //! tunnels it opens and relays bytes) and a TLS front with a private CA stand between ssm-proxy
 //! and the simulator's gateway: the data channel goes `wss://localhost:PORT` (the
 //! `--ssmmessages-endpoint` override) through `HTTPS_PROXY`, trusting `AWS_CA_BUNDLE`;
-//! `NO_PROXY` bypasses the proxy; a refusing proxy and bad settings fail in one line.
+//! `NO_PROXY` bypasses the proxy; the SDK's API calls take the same proxy and bundle; a refusing
+//! proxy and bad settings fail in one line.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -310,6 +311,51 @@ fn data_channel_tunnels_through_a_connect_proxy_with_a_private_ca() {
         proxy.connects().len(),
         before,
         "NO_PROXY host went through the proxy"
+    );
+    fx.assert_no_sessions();
+}
+
+#[test]
+fn api_calls_tunnel_through_the_proxy_and_trust_the_bundle_too() {
+    let Some(cert) = make_cert() else {
+        return;
+    };
+    let fx = Fixture::new();
+    let api: SocketAddr = fx
+        .sim
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("api address");
+    // The SSM API behind TLS with the private CA, as https://localhost:PORT.
+    let front = TlsFront::start(&cert, api);
+    let proxy = ConnectProxy::start(false);
+    let bundle = cert.cert.display().to_string();
+    let endpoint = format!("https://localhost:{}", front.addr.port());
+    let env = with(
+        &fx.env(),
+        &[
+            ("AWS_ENDPOINT_URL_SSM", &endpoint),
+            ("HTTPS_PROXY", &proxy.url()),
+            // The data channel (plain ws:// to the simulator) goes direct.
+            ("NO_PROXY", "127.0.0.1"),
+            ("AWS_CA_BUNDLE", &bundle),
+        ],
+    );
+    let mut cmd = fx.sshd.ssh_cmd_via(&proxy_command(""), TARGET, &env);
+    cmd.arg("echo ok");
+    let out = run_with_timeout(&mut cmd, SSH_BOUND);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    let authority = format!("localhost:{}", front.addr.port());
+    let connects = proxy.connects();
+    assert!(
+        !connects.is_empty() && connects.iter().all(|c| *c == authority),
+        "StartSession and TerminateSession must tunnel to {authority}: {connects:?}"
     );
     fx.assert_no_sessions();
 }

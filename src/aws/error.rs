@@ -267,9 +267,34 @@ fn short(text: &str) -> String {
     .min()
     .unwrap_or(text.len());
     let messages = text[..dump].replace('\n', " ");
+    // The innermost readable message: skip Debug dumps some errors print (`Other(… { … })`).
+    let readable = |s: &&str| !s.trim().is_empty() && !s.contains(['{', '}', '[', ']']);
     let last = messages
         .rsplit(": ")
-        .find(|s| !s.trim().is_empty())
+        .find(readable)
+        .or_else(|| messages.rsplit(": ").find(|s| !s.trim().is_empty()))
         .unwrap_or(&messages);
     last.trim().chars().take(160).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short;
+
+    #[test]
+    fn short_details_are_the_innermost_readable_message() {
+        assert_eq!(
+            short(
+                "dispatch failure: io error: client error (Connect): tcp connect error: Connection refused (os error 111) (DispatchFailure(DispatchFailure { source: … }))"
+            ),
+            "Connection refused (os error 111)"
+        );
+        assert_eq!(
+            short(
+                "dispatch failure: other: client error (Connect): invalid peer certificate: Other(OtherError(UnsupportedSignatureAlgorithmContext { signature_algorithm_id: [6, 9], supported_algorithms: [] }))"
+            ),
+            "invalid peer certificate"
+        );
+        assert_eq!(short("plain"), "plain");
+    }
 }

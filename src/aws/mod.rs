@@ -5,6 +5,7 @@
 
 mod eic;
 mod error;
+mod http;
 mod identity;
 mod inventory;
 mod kms;
@@ -17,6 +18,7 @@ use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_config::environment::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::profile::ProfileFileRegionProvider;
+use aws_config::provider_config::ProviderConfig;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ssm::config::Region;
@@ -91,13 +93,16 @@ impl Aws {
             .read_timeout(Duration::from_millis(500))
             .max_attempts(1)
             .build();
+        let http = http::client()?;
         let mut chain = DefaultCredentialsChain::builder()
+            .configure(ProviderConfig::default().with_http_client(http.clone()))
             .region(region.clone())
             .imds_client(imds);
         if let Some(p) = &opts.profile {
             chain = chain.profile_name(p);
         }
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
             .region(region.clone())
             .credentials_provider(chain.build().await)
             .retry_config(
