@@ -1,3 +1,7 @@
+//! Every integration test, linked into one binary. They drive real OpenSSH, tmux and Unix
+//! processes, so they are Unix-only; on Windows `cargo test` runs the unit tests.
+#![cfg(unix)]
+
 mod docs;
 mod e2e_doctor;
 mod e2e_eic;

@@ -65,12 +65,11 @@ pub fn render(exe: &Path, args: &SshConfigArgs, aws: &AwsArgs) -> String {
     text
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
     #[test]
-    #[cfg(unix)]
     fn renders_flags_in_order() {
         let args = SshConfigArgs {
             patterns: vec!["web-*".into()],
