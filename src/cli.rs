@@ -67,10 +67,6 @@ pub struct Cli {
     #[arg(long)]
     pub alias: bool,
 
-    /// Look names and tags up again instead of using the 60 s cache.
-    #[arg(long)]
-    pub no_cache: bool,
-
     /// Push a public key with EC2 Instance Connect right before the session (valid 60 s);
     /// default: the first of ~/.ssh/id_ed25519.pub, id_ecdsa.pub, id_rsa.pub. Needs --user.
     #[arg(
@@ -129,6 +125,10 @@ pub struct AwsArgs {
     /// (default: SSM_PROXY_SSMMESSAGES_ENDPOINT).
     #[arg(long, global = true, value_name = "URL")]
     pub ssmmessages_endpoint: Option<String>,
+
+    /// Look names and tags up again instead of using the 60 s cache.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
 }
 
 /// Diagnostics. They go to stderr or a file, never to stdout.

@@ -31,7 +31,7 @@ const READ_CHUNK: usize = 16 * 1024;
 pub async fn run(args: ForwardArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
     let spec = TargetSpec::parse(&args.target)?;
     let (aws, profile) = super::connect(&aws_args).await?;
-    let target = target::resolve(&aws, &spec, profile.as_deref(), true).await?;
+    let target = target::resolve(&aws, &spec, profile.as_deref(), !aws_args.no_cache).await?;
     let mut forwards = Vec::new();
     for spec in args.forwards {
         let listener = listen(&spec.bind, spec.local_port).await?;

@@ -52,7 +52,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     let aws = Aws::load(&opts).await?;
     let prepare = async {
-        let target = target::resolve(&aws, &spec, profile.as_deref(), !cli.no_cache).await?;
+        let target = target::resolve(&aws, &spec, profile.as_deref(), !cli.aws.no_cache).await?;
         if let Some((user, key)) = &send_key {
             if !target.starts_with("i-") {
                 return Err(anyhow::Error::new(UsageError(format!(

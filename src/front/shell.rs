@@ -116,7 +116,7 @@ pub async fn run(args: ShellArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
     let mut signals = os::signals();
     let (aws, profile) = super::connect(&aws_args).await?;
     let start = async {
-        let target = target::resolve(&aws, &spec, profile.as_deref(), true).await?;
+        let target = target::resolve(&aws, &spec, profile.as_deref(), !aws_args.no_cache).await?;
         let grant = aws
             .start_session(&target, &plan.document, plan.parameters.clone())
             .await?;

@@ -36,6 +36,9 @@ pub fn render(exe: &Path, args: &SshConfigArgs, aws: &AwsArgs) -> String {
     flag("--region", &aws.region);
     flag("--endpoint-url", &aws.endpoint_url);
     flag("--ssmmessages-endpoint", &aws.ssmmessages_endpoint);
+    if aws.no_cache {
+        words.push("--no-cache".into());
+    }
     if args.alias {
         words.push("--alias".into());
     }
@@ -81,12 +84,13 @@ mod tests {
             region: Some("eu-west-1".into()),
             endpoint_url: None,
             ssmmessages_endpoint: None,
+            no_cache: true,
         };
         let text = render(Path::new("/opt/my tools/ssm-proxy"), &args, &aws);
         assert!(
             text.contains(
                 "Host web-*\n    ProxyCommand '/opt/my tools/ssm-proxy' --profile prod \
-                 --region eu-west-1 --send-key --user %r %h %p\n"
+                 --region eu-west-1 --no-cache --send-key --user %r %h %p\n"
             ),
             "{text}"
         );
@@ -102,6 +106,7 @@ mod tests {
                 region: None,
                 endpoint_url: None,
                 ssmmessages_endpoint: None,
+                no_cache: false,
             },
         );
         assert!(plain.ends_with("Host i-* mi-*\n    ProxyCommand /usr/bin/ssm-proxy %h %p\n"));
