@@ -237,6 +237,19 @@ fn gateway(sim: &Sim) -> SocketAddr {
         .expect("gateway address")
 }
 
+/// `ssh TARGET echo ok` with `ssm-proxy PROXY_ARGS %h %p` in `env` must print ok.
+fn ssh_echo_ok(fx: &Fixture, proxy_args: &str, env: &[(String, String)]) {
+    let mut cmd = fx.sshd.ssh_cmd_via(&proxy_command(proxy_args), TARGET, env);
+    cmd.arg("echo ok");
+    let out = run_with_timeout(&mut cmd, SSH_BOUND);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
 fn with(base: &[(String, String)], set: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env = base.to_vec();
     env.extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -263,15 +276,7 @@ fn data_channel_tunnels_through_a_connect_proxy_with_a_private_ca() {
     );
     // The flag wins over the simulator's SSM_PROXY_SSMMESSAGES_ENDPOINT in the environment.
     let args = format!("--ssmmessages-endpoint {endpoint}");
-    let mut cmd = fx.sshd.ssh_cmd_via(&proxy_command(&args), TARGET, &env);
-    cmd.arg("echo ok");
-    let out = run_with_timeout(&mut cmd, SSH_BOUND);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    ssh_echo_ok(&fx, &args, &env);
     let authority = format!("localhost:{}", front.addr.port());
     assert_eq!(
         proxy.connects(),
@@ -299,14 +304,7 @@ fn data_channel_tunnels_through_a_connect_proxy_with_a_private_ca() {
     // NO_PROXY exempts the host: no new tunnel.
     let before = proxy.connects().len();
     let bypass = with(&env, &[("NO_PROXY", "localhost")]);
-    let mut cmd = fx.sshd.ssh_cmd_via(&proxy_command(&args), TARGET, &bypass);
-    cmd.arg("echo ok");
-    let out = run_with_timeout(&mut cmd, SSH_BOUND);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ssh_echo_ok(&fx, &args, &bypass);
     assert_eq!(
         proxy.connects().len(),
         before,
@@ -342,15 +340,7 @@ fn api_calls_tunnel_through_the_proxy_and_trust_the_bundle_too() {
             ("AWS_CA_BUNDLE", &bundle),
         ],
     );
-    let mut cmd = fx.sshd.ssh_cmd_via(&proxy_command(""), TARGET, &env);
-    cmd.arg("echo ok");
-    let out = run_with_timeout(&mut cmd, SSH_BOUND);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    ssh_echo_ok(&fx, "", &env);
     let authority = format!("localhost:{}", front.addr.port());
     let connects = proxy.connects();
     assert!(

@@ -129,17 +129,18 @@ fn positional_argv_without_the_symlink() {
     let mut env = fx.env();
     env.push(("AWS_SSM_START_SESSION_RESPONSE".into(), response));
     let endpoint = fx.sim.endpoint();
-    let mut cmd = Command::new(proxy_bin());
-    apply_env(&mut cmd, &env).args([
-        "AWS_SSM_START_SESSION_RESPONSE",
-        "us-east-1",
-        "StartSession",
-        "",
-        &request,
-        &endpoint,
-    ]);
-    cmd.stdin(std::process::Stdio::null());
-    let out = run_with_timeout(&mut cmd, BOUND);
+    let out = proxy_run(
+        &env,
+        &[
+            "AWS_SSM_START_SESSION_RESPONSE",
+            "us-east-1",
+            "StartSession",
+            "",
+            &request,
+            &endpoint,
+        ],
+        BOUND,
+    );
     // Local EOF at once: sshd's banner arrives, then the session ends cleanly.
     assert!(
         out.stdout.starts_with(b"SSH-2.0-"),
