@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aws_lc_rs::digest::{SHA256, digest};
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -108,6 +108,9 @@ pub fn spawn_session(plan: SessionPlan, service: Arc<Service>) -> mpsc::Unbounde
     });
     tx
 }
+
+/// Client messages already readable that one turn takes after the first.
+const READ_BATCH: usize = 256;
 
 /// A message held back by a delay fault: (due, tie, to_agent, bytes).
 type Delayed = Reverse<(Instant, u64, bool, Bytes)>;
@@ -272,15 +275,27 @@ async fn run_session(
                     finished = Some(String::new());
                 }
             },
-            msg = next_message(&mut client), if !link.blackholed => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    link.bytes += b.len() as u64;
-                    deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, b);
+            msg = next_message(&mut client), if !link.blackholed => {
+                let mut msg = Some(msg);
+                // What is already readable goes in the same turn, so its acks leave in one flush.
+                for _ in 0..READ_BATCH {
+                    let Some(m) = msg.take() else { break };
+                    let bytes = match m {
+                        Some(Ok(Message::Binary(b))) => b,
+                        Some(Ok(Message::Text(t))) => Bytes::from(t),
+                        Some(Ok(_)) => Bytes::new(),
+                        Some(Err(_)) | None => {
+                            client = None;
+                            break;
+                        }
+                    };
+                    if !bytes.is_empty() {
+                        link.bytes += bytes.len() as u64;
+                        deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, bytes);
+                    }
+                    msg = client.as_mut().and_then(|ws| ws.next().now_or_never());
                 }
-                Some(Ok(Message::Text(t))) => deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, Bytes::from(t)),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => client = None,
-            },
+            }
             ev = targets.next(agent.can_read_target()) => match ev {
                 TargetEvent::Connected => agent.handle_target_connected(),
                 TargetEvent::DialFailed(e) => agent.handle_target_failed(&e),
