@@ -1,27 +1,26 @@
 //! The HTTPS client of every SDK call: the SDK's default (hyper, rustls on aws-lc), plus what
 //! the default leaves off and the data channel honours too, so that API calls and websocket go
 //! the same way: `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` with `NO_PROXY` (HTTP CONNECT), and the
-//! extra CA certificates of `AWS_CA_BUNDLE`.
+//! extra CA certificates of `AWS_CA_BUNDLE`. The trusted certificates are loaded once per
+//! process for both (reading the system store is most of a session's start-up CPU).
+
+use std::sync::OnceLock;
 
 use aws_sdk_ssm::config::SharedHttpClient;
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use aws_smithy_http_client::{Builder, Connector};
+use base64::Engine;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use super::AwsError;
 
 /// The client to give the SDK configuration and the credential providers.
 pub fn client() -> Result<SharedHttpClient, AwsError> {
-    let mut trust = TrustStore::default();
-    if let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) {
-        let pem = std::fs::read(&path).map_err(|e| {
-            AwsError::Other(format!(
-                "AWS_CA_BUNDLE={} could not be read ({e}): point it at a PEM file of CA certificates",
-                std::path::Path::new(&path).display()
-            ))
-        })?;
-        trust = trust.with_pem_certificate(pem);
-    }
+    let trust = TrustStore::empty()
+        .with_native_roots(false)
+        .with_pem_certificate(pem(trusted_roots()?));
     let tls = TlsContext::builder()
         .with_trust_store(trust)
         .build()
@@ -42,4 +41,79 @@ pub fn client() -> Result<SharedHttpClient, AwsError> {
             connector.build()
         }),
     )
+}
+
+/// The CA certificates every TLS connection trusts: the system's, plus those of `AWS_CA_BUNDLE`
+/// (a PEM file) when set. Only certificates rustls accepts as roots are kept.
+pub fn trusted_roots() -> Result<&'static [CertificateDer<'static>], AwsError> {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    if let Some(roots) = ROOTS.get() {
+        return Ok(roots);
+    }
+    let mut store = rustls::RootCertStore::empty();
+    let mut roots = Vec::new();
+    let mut keep = |certs: Vec<CertificateDer<'static>>| {
+        let before = roots.len();
+        for cert in certs {
+            if store.add(cert.clone()).is_ok() {
+                roots.push(cert);
+            }
+        }
+        roots.len() - before
+    };
+    keep(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) {
+        let shown = std::path::Path::new(&path).display().to_string();
+        let certs = CertificateDer::pem_file_iter(&path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                AwsError::Other(format!(
+                    "AWS_CA_BUNDLE={shown} could not be read ({e}): point it at a PEM file of CA certificates"
+                ))
+            })?;
+        if keep(certs) == 0 {
+            return Err(AwsError::Other(format!(
+                "AWS_CA_BUNDLE={shown} holds no usable certificate: point it at a PEM file of CA certificates"
+            )));
+        }
+    }
+    if roots.is_empty() {
+        return Err(AwsError::Other(
+            "no trusted CA certificates found on this system: install ca-certificates or set AWS_CA_BUNDLE"
+                .into(),
+        ));
+    }
+    Ok(ROOTS.get_or_init(|| roots))
+}
+
+/// Certificates as one PEM text, the form the SDK's trust store takes.
+fn pem(certs: &[CertificateDer<'_>]) -> Vec<u8> {
+    let mut out = String::new();
+    for cert in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_round_trips() {
+        let certs = [
+            CertificateDer::from(vec![1u8; 100]),
+            CertificateDer::from(vec![2u8; 3]),
+        ];
+        let back: Vec<_> = CertificateDer::pem_slice_iter(&pem(&certs))
+            .collect::<Result<_, _>>()
+            .expect("parse");
+        assert_eq!(back, certs);
+    }
 }

@@ -10,6 +10,8 @@ mod identity;
 mod inventory;
 mod kms;
 
+pub use http::trusted_roots;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -414,38 +414,15 @@ pub async fn probe(url: &str) -> anyhow::Result<String> {
     }
 }
 
-/// One rustls configuration per process, on the aws-lc-rs provider the SDK uses too: the
-/// system's roots plus the certificates in `AWS_CA_BUNDLE` (a PEM file), if set.
+/// One rustls configuration per process, on the aws-lc-rs provider the SDK uses too, trusting
+/// the same certificates as the SDK's calls: the system's plus `AWS_CA_BUNDLE`'s.
 fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     if let Some(c) = CONFIG.get() {
         return Ok(c.clone());
     }
     let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    let (mut added, _) = roots.add_parsable_certificates(found.certs);
-    if let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let shown = std::path::Path::new(&path).display().to_string();
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
-            .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| {
-                anyhow::anyhow!("AWS_CA_BUNDLE={shown} could not be read ({e}): point it at a PEM file of CA certificates")
-            })?;
-        let (ok, _) = roots.add_parsable_certificates(certs);
-        if ok == 0 {
-            anyhow::bail!(
-                "AWS_CA_BUNDLE={shown} holds no usable certificate: point it at a PEM file of CA certificates"
-            );
-        }
-        added += ok;
-    }
-    if added == 0 {
-        anyhow::bail!(
-            "no trusted CA certificates found on this system: install ca-certificates or set AWS_CA_BUNDLE"
-        );
-    }
+    roots.add_parsable_certificates(crate::aws::trusted_roots()?.iter().cloned());
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
