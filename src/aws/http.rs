@@ -1,8 +1,7 @@
 //! The HTTPS client of every SDK call: the SDK's default (hyper, rustls on aws-lc), plus what
 //! the default leaves off and the data channel honours too, so that API calls and websocket go
 //! the same way: `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` with `NO_PROXY` (HTTP CONNECT), and the
-//! extra CA certificates of `AWS_CA_BUNDLE`. The trusted certificates are loaded once per
-//! process for both (reading the system store is most of a session's start-up CPU).
+//! extra CA certificates of `AWS_CA_BUNDLE`.
 
 use std::sync::OnceLock;
 
@@ -18,9 +17,10 @@ use super::AwsError;
 
 /// The client to give the SDK configuration and the credential providers.
 pub fn client() -> Result<SharedHttpClient, AwsError> {
-    let trust = TrustStore::empty()
-        .with_native_roots(false)
-        .with_pem_certificate(pem(trusted_roots()?));
+    let mut trust = TrustStore::default();
+    if let Some(extra) = ca_bundle()? {
+        trust = trust.with_pem_certificate(pem(extra));
+    }
     let tls = TlsContext::builder()
         .with_trust_store(trust)
         .build()
@@ -43,47 +43,36 @@ pub fn client() -> Result<SharedHttpClient, AwsError> {
     )
 }
 
-/// The CA certificates every TLS connection trusts: the system's, plus those of `AWS_CA_BUNDLE`
-/// (a PEM file) when set. Only certificates rustls accepts as roots are kept.
-pub fn trusted_roots() -> Result<&'static [CertificateDer<'static>], AwsError> {
-    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    if let Some(roots) = ROOTS.get() {
-        return Ok(roots);
+/// The certificates of `AWS_CA_BUNDLE` (a PEM file), trusted beside the system's by the SDK's
+/// calls and the data channel; `None` when it is unset. Only certificates rustls accepts as
+/// roots are kept (the SDK's trust store would panic on the others).
+pub fn ca_bundle() -> Result<Option<&'static [CertificateDer<'static>]>, AwsError> {
+    static BUNDLE: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    if let Some(certs) = BUNDLE.get() {
+        return Ok(Some(certs));
     }
-    let mut store = rustls::RootCertStore::empty();
-    let mut roots = Vec::new();
-    let mut keep = |certs: Vec<CertificateDer<'static>>| {
-        let before = roots.len();
-        for cert in certs {
-            if store.add(cert.clone()).is_ok() {
-                roots.push(cert);
-            }
-        }
-        roots.len() - before
+    let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) else {
+        return Ok(None);
     };
-    keep(rustls_native_certs::load_native_certs().certs);
-    if let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) {
-        let shown = std::path::Path::new(&path).display().to_string();
-        let certs = CertificateDer::pem_file_iter(&path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| {
-                AwsError::Other(format!(
-                    "AWS_CA_BUNDLE={shown} could not be read ({e}): point it at a PEM file of CA certificates"
-                ))
-            })?;
-        if keep(certs) == 0 {
-            return Err(AwsError::Other(format!(
-                "AWS_CA_BUNDLE={shown} holds no usable certificate: point it at a PEM file of CA certificates"
-            )));
-        }
+    let shown = std::path::Path::new(&path).display().to_string();
+    let certs = CertificateDer::pem_file_iter(&path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            AwsError::Other(format!(
+                "AWS_CA_BUNDLE={shown} could not be read ({e}): point it at a PEM file of CA certificates"
+            ))
+        })?;
+    let mut store = rustls::RootCertStore::empty();
+    let usable: Vec<_> = certs
+        .into_iter()
+        .filter(|c| store.add(c.clone()).is_ok())
+        .collect();
+    if usable.is_empty() {
+        return Err(AwsError::Other(format!(
+            "AWS_CA_BUNDLE={shown} holds no usable certificate: point it at a PEM file of CA certificates"
+        )));
     }
-    if roots.is_empty() {
-        return Err(AwsError::Other(
-            "no trusted CA certificates found on this system: install ca-certificates or set AWS_CA_BUNDLE"
-                .into(),
-        ));
-    }
-    Ok(ROOTS.get_or_init(|| roots))
+    Ok(Some(BUNDLE.get_or_init(|| usable)))
 }
 
 /// Certificates as one PEM text, the form the SDK's trust store takes.

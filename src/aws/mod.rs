@@ -10,7 +10,7 @@ mod identity;
 mod inventory;
 mod kms;
 
-pub use http::trusted_roots;
+pub use http::ca_bundle;
 
 use std::collections::HashMap;
 use std::time::Duration;

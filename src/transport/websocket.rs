@@ -415,14 +415,22 @@ pub async fn probe(url: &str) -> anyhow::Result<String> {
 }
 
 /// One rustls configuration per process, on the aws-lc-rs provider the SDK uses too, trusting
-/// the same certificates as the SDK's calls: the system's plus `AWS_CA_BUNDLE`'s.
+/// what the SDK's calls trust: the system's roots plus `AWS_CA_BUNDLE`'s certificates.
 fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     if let Some(c) = CONFIG.get() {
         return Ok(c.clone());
     }
     let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(crate::aws::trusted_roots()?.iter().cloned());
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(extra) = crate::aws::ca_bundle()? {
+        roots.add_parsable_certificates(extra.iter().cloned());
+    }
+    if roots.is_empty() {
+        anyhow::bail!(
+            "no trusted CA certificates found on this system: install ca-certificates or set AWS_CA_BUNDLE"
+        );
+    }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
