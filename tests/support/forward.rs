@@ -56,15 +56,17 @@ impl Forwarder {
         let sink = lines.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("listening on ") {
-                    let port = rest
-                        .split(' ')
+                let port = line.strip_prefix("listening on ").map(|rest| {
+                    rest.split(' ')
                         .next()
                         .and_then(|a| a.rsplit(':').next())
-                        .and_then(|p| p.parse::<u16>().ok());
+                        .and_then(|p| p.parse::<u16>().ok())
+                });
+                // Recorded before the port is announced: `stderr_text` then has the line.
+                sink.lock().expect("lock").push(line);
+                if let Some(port) = port {
                     let _ = port_tx.send(port);
                 }
-                sink.lock().expect("lock").push(line);
             }
         });
         let local_port = port_rx
