@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ssm_proxy::sim::{Sim, SimConfig};
@@ -117,6 +117,19 @@ fn start_session_raw(endpoint: &str, request: &str) -> String {
     body.to_owned()
 }
 
+/// The plugin's positional argv as the AWS CLI passes it, the response in the environment.
+fn run_handed_over(env: &[(String, String)], request: &str, endpoint: &str) -> Output {
+    let args = [
+        "AWS_SSM_START_SESSION_RESPONSE",
+        "us-east-1",
+        "StartSession",
+        "",
+        request,
+        endpoint,
+    ];
+    proxy_run(env, &args, BOUND)
+}
+
 #[test]
 fn positional_argv_without_the_symlink() {
     let fx = Fixture::new();
@@ -128,19 +141,7 @@ fn positional_argv_without_the_symlink() {
     let response = start_session_raw(&fx.sim.endpoint(), &request);
     let mut env = fx.env();
     env.push(("AWS_SSM_START_SESSION_RESPONSE".into(), response));
-    let endpoint = fx.sim.endpoint();
-    let out = proxy_run(
-        &env,
-        &[
-            "AWS_SSM_START_SESSION_RESPONSE",
-            "us-east-1",
-            "StartSession",
-            "",
-            &request,
-            &endpoint,
-        ],
-        BOUND,
-    );
+    let out = run_handed_over(&env, &request, &fx.sim.endpoint());
     // Local EOF at once: sshd's banner arrives, then the session ends cleanly.
     assert!(
         out.stdout.starts_with(b"SSH-2.0-"),
@@ -260,19 +261,7 @@ fn tokens_stay_out_of_trace_logs() {
     let response = start_session_raw(&fx.sim.endpoint(), &request);
     assert!(response.contains("sim-token"));
     env.push(("AWS_SSM_START_SESSION_RESPONSE".into(), response));
-    let endpoint = fx.sim.endpoint();
-    let out = proxy_run(
-        &env,
-        &[
-            "AWS_SSM_START_SESSION_RESPONSE",
-            "us-east-1",
-            "StartSession",
-            "",
-            &request,
-            &endpoint,
-        ],
-        BOUND,
-    );
+    let out = run_handed_over(&env, &request, &fx.sim.endpoint());
     assert!(out.stdout.starts_with(b"SSH-2.0-"), "no banner");
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!log.contains("sim-token"), "a token reached the log");
