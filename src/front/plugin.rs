@@ -194,7 +194,7 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
         .and_then(Value::as_str)
         .unwrap_or("SSM-SessionManagerRunShell")
         .to_owned();
-    let has_param = |k: &str| request.get("Parameters").and_then(|p| p.get(k)).is_some();
+    let parameters = document_parameters(&request);
     let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let aws = Aws::load(&AwsOptions {
         profile: nonempty(&args.profile),
@@ -202,15 +202,18 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
         endpoint_url: args.endpoint.clone(),
     })
     .await?;
-    websocket::configure(NetConfig::default())?;
-    if document.contains("PortForwarding") || has_param("localPortNumber") {
-        return port_forward(aws, grant, target, document, &request).await;
+    // From here on, a failure must not leave the session the AWS CLI started running.
+    if let Err(e) = websocket::configure(NetConfig::default()) {
+        return Err(super::end_failed_session(&aws, &grant.session_id, e).await);
     }
-    if is_shell_document(&document) || !has_param("portNumber") {
+    if document.contains("PortForwarding") || parameters.contains_key("localPortNumber") {
+        return port_forward(aws, grant, target, document, parameters).await;
+    }
+    if is_shell_document(&document) || !parameters.contains_key("portNumber") {
         // The AWS CLI's default (no --document-name) is the account's shell document.
         let plan = shell::Plan {
             remote_tty: document != shell::COMMAND_DOCUMENT,
-            parameters: document_parameters(&request),
+            parameters,
             document,
         };
         let signals = os::signals();
@@ -231,29 +234,28 @@ async fn port_forward(
     grant: SessionGrant,
     target: String,
     document: String,
-    request: &Value,
+    mut parameters: HashMap<String, Vec<String>>,
 ) -> anyhow::Result<u8> {
-    let mut parameters = document_parameters(request);
     let param = |k: &str| parameters.get(k).and_then(|v| v.first()).cloned();
-    let local_port = match param("localPortNumber").filter(|p| !p.is_empty()) {
-        None => 0,
-        Some(p) => p.parse::<u16>().map_err(|_| {
-            UsageError(format!(
-                "localPortNumber {p:?} is not a port number: give 0-65535 in --parameters"
-            ))
-        })?,
-    };
     let destination = format!(
         "{}:{}",
         param("host").unwrap_or_else(|| "localhost".into()),
         param("portNumber").unwrap_or_else(|| "80".into())
     );
-    let listener = match forward::listen("127.0.0.1", local_port).await {
+    let listener = async {
+        let local_port = match param("localPortNumber").filter(|p| !p.is_empty()) {
+            None => 0,
+            Some(p) => p.parse::<u16>().map_err(|_| {
+                UsageError(format!(
+                    "localPortNumber {p:?} is not a port number: give 0-65535 in --parameters"
+                ))
+            })?,
+        };
+        forward::listen("127.0.0.1", local_port).await
+    };
+    let listener = match listener.await {
         Ok(l) => l,
-        Err(e) => {
-            let _ = aws.terminate_session(&grant.session_id).await;
-            return Err(e);
-        }
+        Err(e) => return Err(super::end_failed_session(&aws, &grant.session_id, e).await),
     };
     let port = listener.local_addr()?.port();
     // Sessions started later must ask for the port actually bound.

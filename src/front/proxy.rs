@@ -9,12 +9,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::aws::{Aws, AwsOptions, SessionGrant};
-use crate::cli::{self, Cli, UsageError};
+use crate::aws::{Aws, SessionGrant};
+use crate::cli::{self, AwsArgs, Cli, UsageError};
 use crate::front::target::{self, Alias, TargetSpec};
 use crate::os;
 use crate::proto::{SessionConfig, SessionKind};
-use crate::transport::websocket::{self, NetConfig};
 use crate::transport::{Driver, DriverConfig, End, Outcome, stdio};
 
 /// Public keys `--send-key` tries, in order, under `~/.ssh`.
@@ -23,11 +22,17 @@ const DEFAULT_KEYS: [&str; 3] = ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"]
 /// Runs one relay session; returns the process exit status.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let given = cli.target.clone().unwrap_or_default();
-    let (target_text, profile, region) = if cli.alias {
+    // An alias TARGET.PROFILE.REGION overrides the profile and region flags.
+    let (target_text, aws_args) = if cli.alias {
         let a = Alias::parse(&given)?;
-        (a.target, a.profile.or(cli.aws.profile), Some(a.region))
+        let aws_args = AwsArgs {
+            profile: a.profile.or(cli.aws.profile.clone()),
+            region: Some(a.region),
+            ..cli.aws.clone()
+        };
+        (a.target, aws_args)
     } else {
-        (given, cli.aws.profile, cli.aws.region)
+        (given, cli.aws.clone())
     };
     let spec = TargetSpec::parse(&target_text)?;
     let mut parameters = cli::document_parameters(&cli.parameters, "host=db.internal")?;
@@ -41,18 +46,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Some((user, public_key(arg)?))
         }
     };
-    websocket::configure(NetConfig {
-        endpoint_override: cli.aws.ssmmessages_endpoint.clone(),
-    })?;
     let mut signals = os::signals();
-    let opts = AwsOptions {
-        profile: profile.clone(),
-        region,
-        endpoint_url: cli.aws.endpoint_url,
-    };
-    let aws = Aws::load(&opts).await?;
+    let (aws, profile) = super::connect(&aws_args).await?;
     let prepare = async {
-        let target = target::resolve(&aws, &spec, profile.as_deref(), !cli.aws.no_cache).await?;
+        let target = target::resolve(&aws, &spec, profile.as_deref(), !aws_args.no_cache).await?;
         if let Some((user, key)) = &send_key {
             if !target.starts_with("i-") {
                 return Err(anyhow::Error::new(UsageError(format!(

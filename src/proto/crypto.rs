@@ -121,6 +121,24 @@ fn increment(nonce: &mut [u8; NONCE_LEN]) {
     }
 }
 
+/// The KMS encryption context that binds a data key to its session (§6): the session and
+/// target ids, plus the agent's random challenge when it offers one. GenerateDataKey on the
+/// client and Decrypt on the agent must use exactly this.
+pub fn encryption_context(
+    session_id: &str,
+    target: &str,
+    challenge: Option<&str>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut context = std::collections::BTreeMap::from([
+        ("aws:ssm:SessionId".to_owned(), session_id.to_owned()),
+        ("aws:ssm:TargetId".to_owned(), target.to_owned()),
+    ]);
+    if let Some(challenge) = challenge {
+        context.insert("aws:ssm:RandomChallenge".to_owned(), challenge.to_owned());
+    }
+    context
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

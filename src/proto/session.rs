@@ -88,7 +88,8 @@ pub enum Event {
     Failed(String),
     /// The agent asks for KMS encryption: call GenerateDataKey (64 bytes) with this key and the
     /// encryption context of §6 (plus `aws:ssm:RandomChallenge` = `challenge` when present),
-    /// then answer with [`Session::set_data_key`] or [`Session::data_key_failed`].
+    /// then answer with [`Session::set_data_key`] (if GenerateDataKey fails, the session cannot
+    /// be established: end it).
     DataKeyNeeded {
         /// KMSKeyId from the request.
         key_id: String,
@@ -241,6 +242,14 @@ impl Session {
         }
     }
 
+    /// Whether the session is still before Ready (under the ready deadline).
+    fn establishing(&self) -> bool {
+        matches!(
+            self.state,
+            State::Opening | State::AwaitingKey | State::Handshaking(_)
+        )
+    }
+
     /// Whether the held message can be taken now.
     fn can_take_held(&self) -> bool {
         self.held.is_some() && self.output_bytes < self.config.output_limit
@@ -383,12 +392,6 @@ impl Session {
         self.respond_to_handshake(now, &req, Some(result));
     }
 
-    /// GenerateDataKey failed: the session cannot be established.
-    pub fn data_key_failed(&mut self, why: String) {
-        self.pending_request = None;
-        self.fail(why);
-    }
-
     /// §6: the agent sends 64 random bytes encrypted with its key; we prove we hold the data key
     /// by sending them back encrypted with ours.
     fn on_challenge(&mut self, now: Instant, frame: &Frame) {
@@ -481,11 +484,7 @@ impl Session {
             self.on_stream_message(now, frame);
         }
         self.outbox.resend_due(now, &mut self.transmit);
-        if matches!(
-            self.state,
-            State::Opening | State::AwaitingKey | State::Handshaking(_)
-        ) && now >= self.start + self.config.ready_timeout
-        {
+        if self.establishing() && now >= self.start + self.config.ready_timeout {
             self.fail(format!(
                 "the agent did not complete the handshake within {} s",
                 self.config.ready_timeout.as_secs()
@@ -548,11 +547,9 @@ impl Session {
 
     /// When [`Session::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let ready = matches!(
-            self.state,
-            State::Opening | State::AwaitingKey | State::Handshaking(_)
-        )
-        .then(|| self.start + self.config.ready_timeout);
+        let ready = self
+            .establishing()
+            .then(|| self.start + self.config.ready_timeout);
         let pause = self.paused_since.map(|t| t + self.config.pause_watchdog);
         // Already due: the session started before any now the caller can pass.
         let held = self.can_take_held().then_some(self.start);

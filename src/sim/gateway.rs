@@ -26,6 +26,7 @@ use super::faults::{DropPlan, Faults};
 use super::service::Service;
 use super::shell::{Shell, ShellEvent, ShellSpec};
 use super::target::{TargetEvent, Targets};
+use crate::proto::crypto::encryption_context;
 use crate::proto::frame::{Frame, MessageType, flag};
 use crate::proto::payload::OpenDataChannelInput;
 
@@ -184,13 +185,8 @@ async fn run_session(
                 }
                 AgentEvent::Finished(output) => finished = Some(output),
                 AgentEvent::DecryptKey { blob, challenge } => {
-                    let mut context = std::collections::BTreeMap::from([
-                        ("aws:ssm:SessionId".to_owned(), plan.session_id.clone()),
-                        ("aws:ssm:TargetId".to_owned(), plan.target.clone()),
-                    ]);
-                    if let Some(c) = challenge {
-                        context.insert("aws:ssm:RandomChallenge".to_owned(), c);
-                    }
+                    let context =
+                        encryption_context(&plan.session_id, &plan.target, challenge.as_deref());
                     let key = service.kms.decrypt(&blob, &context);
                     if key.is_ok() {
                         service.encrypted.fetch_add(1, Ordering::Relaxed);

@@ -214,11 +214,6 @@ impl Driver {
         &self.grant.session_id
     }
 
-    /// Successful ResumeSession reconnects so far.
-    pub fn resumes(&self) -> u32 {
-        self.resumes
-    }
-
     /// Runs the session until it ends. `ready` learns the session kind when the handshake is
     /// over; `signals` delivers signal numbers that should end the session.
     pub async fn run(
@@ -381,18 +376,16 @@ impl Driver {
         key_id: &str,
         challenge: Option<String>,
     ) -> Result<(), DriveError> {
-        let mut context = std::collections::HashMap::from([
-            (
-                "aws:ssm:SessionId".to_owned(),
-                self.grant.session_id.clone(),
-            ),
-            ("aws:ssm:TargetId".to_owned(), self.config.target.clone()),
-        ]);
-        if let Some(challenge) = challenge {
-            context.insert("aws:ssm:RandomChallenge".to_owned(), challenge);
-        }
+        let context = crate::proto::crypto::encryption_context(
+            &self.grant.session_id,
+            &self.config.target,
+            challenge.as_deref(),
+        );
         tracing::info!(%key_id, "session is KMS-encrypted; requesting a data key");
-        let key = self.aws.generate_data_key(key_id, context).await?;
+        let key = self
+            .aws
+            .generate_data_key(key_id, context.into_iter().collect())
+            .await?;
         self.session
             .set_data_key(Instant::now().into_std(), &key.plaintext, &key.ciphertext);
         Ok(())
