@@ -8,7 +8,7 @@
 //! Nothing here speaks the protocol: the [`Driver`] does.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -34,8 +34,6 @@ pub const COMMAND_DOCUMENT: &str = "AWS-StartNonInteractiveCommand";
 /// Not a signal number: the `~.` escape asks the driver to end the session. It travels on the
 /// driver's signal channel, which already means "terminate the session and return".
 const DISCONNECT: i32 = 0;
-/// Bytes per stdin read: a keystroke is a few bytes, a paste can be many.
-const READ_CHUNK: usize = 16 * 1024;
 /// The escape character, as in ssh.
 const ESCAPE: u8 = b'~';
 /// What `~?` prints (raw mode: lines end in CR LF).
@@ -319,32 +317,17 @@ enum StdinMode {
 /// Reads stdin on a plain thread (blocking reads work the same everywhere).
 fn spawn_stdin(input: mpsc::Sender<Input>, end: mpsc::Sender<i32>, mode: StdinMode) {
     std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; READ_CHUNK];
         let mut escapes = Escapes::default();
-        loop {
-            let n = match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::debug!(error = %e, "stdin read failed");
-                    break;
-                }
-            };
-            let data = &buf[..n];
+        let mut disconnected = false;
+        stdio::read_stdin(|data| {
             if let StdinMode::Pipe { .. } = mode {
-                let chunk = Input::Data(Bytes::copy_from_slice(data));
-                if input.blocking_send(chunk).is_err() {
-                    return;
-                }
-                continue;
+                return input.blocking_send(Input::Data(data)).is_ok();
             }
-            for action in escapes.feed(data) {
+            for action in escapes.feed(&data) {
                 match action {
                     Action::Send(bytes) => {
                         if input.blocking_send(Input::Data(bytes)).is_err() {
-                            return;
+                            return false;
                         }
                     }
                     Action::Help => {
@@ -355,10 +338,15 @@ fn spawn_stdin(input: mpsc::Sender<Input>, end: mpsc::Sender<i32>, mode: StdinMo
                     Action::Disconnect => {
                         tracing::info!("~. escape: disconnecting");
                         let _ = end.blocking_send(DISCONNECT);
-                        return;
+                        disconnected = true;
+                        return false;
                     }
                 }
             }
+            true
+        });
+        if disconnected || input.is_closed() {
+            return;
         }
         match mode {
             // The terminal is gone (hang-up): nobody is left to type.

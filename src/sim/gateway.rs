@@ -272,24 +272,23 @@ async fn run_session(
                 }
             },
             msg = next_message(&mut client), if !link.blackholed => {
-                let mut msg = Some(msg);
                 // What is already readable goes in the same turn, so its acks leave in one flush.
-                for _ in 0..READ_BATCH {
-                    let Some(m) = msg.take() else { break };
-                    let bytes = match m {
-                        Some(Ok(Message::Binary(b))) => b,
-                        Some(Ok(Message::Text(t))) => Bytes::from(t),
-                        Some(Ok(_)) => Bytes::new(),
+                let mut next = Some(msg);
+                for _ in 0..=READ_BATCH {
+                    let Some(msg) = next else { break };
+                    match msg {
+                        Some(Ok(Message::Binary(b))) => {
+                            link.bytes += b.len() as u64;
+                            deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, b);
+                        }
+                        Some(Ok(Message::Text(t))) => deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, Bytes::from(t)),
+                        Some(Ok(_)) => {}
                         Some(Err(_)) | None => {
                             client = None;
                             break;
                         }
-                    };
-                    if !bytes.is_empty() {
-                        link.bytes += bytes.len() as u64;
-                        deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, bytes);
                     }
-                    msg = client.as_mut().and_then(|ws| ws.next().now_or_never());
+                    next = client.as_mut().and_then(|ws| ws.next().now_or_never());
                 }
             }
             ev = targets.next(agent.can_read_target()) => match ev {

@@ -27,30 +27,33 @@ pub fn local() -> (Local, StdoutDone) {
     let (in_tx, input) = mpsc::channel::<Input>(8);
     let (output, done) = stdout_writer();
     std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        loop {
-            buf.resize(READ_CHUNK, 0);
-            match stdin.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if in_tx
-                        .blocking_send(Input::Data(buf.split().freeze()))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "stdin read failed");
+        read_stdin(|chunk| in_tx.blocking_send(Input::Data(chunk)).is_ok());
+    });
+    (Local { input, output }, done)
+}
+
+/// Reads stdin until end of file, a read error, or `each` returning false, handing over every
+/// chunk read (at most 32 KiB). Blocking: run it on a thread of its own.
+pub fn read_stdin(mut each: impl FnMut(Bytes) -> bool) {
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        buf.resize(READ_CHUNK, 0);
+        match stdin.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                buf.truncate(n);
+                if !each(buf.split().freeze()) {
                     return;
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "stdin read failed");
+                return;
+            }
         }
-    });
-    (Local { input, output }, done)
+    }
 }
 
 /// Starts the stdout writer thread alone: what is sent is written and flushed in order; the
