@@ -9,33 +9,21 @@
 //!   FORWARD_BENCH_LOG=1 cargo bench --bench forward        # ssm-proxy -v on stderr
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ssm_proxy::sim::{Sim, SimConfig};
 
+#[path = "../tests/support/echo.rs"]
+mod echo;
+use echo::echo_server;
+
 const TARGET: &str = "i-0123456789abcdef0";
 const RUNS: usize = 3;
 static LOG: std::sync::LazyLock<bool> =
     std::sync::LazyLock::new(|| std::env::var_os("FORWARD_BENCH_LOG").is_some());
-
-fn echo_server() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind echo");
-    let port = listener.local_addr().expect("addr").port();
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut r = conn.try_clone().expect("clone");
-                let mut w = conn;
-                let _ = std::io::copy(&mut r, &mut w);
-                let _ = w.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    port
-}
 
 /// `ssm-proxy forward` in the background; killed on drop.
 struct Forward(Child, u16);

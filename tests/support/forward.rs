@@ -2,7 +2,7 @@
 //! document) and a TCP echo service behind it.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -10,24 +10,8 @@ use std::time::Duration;
 
 use ssm_proxy::sim::Sim;
 
+pub use super::echo::echo_server;
 use super::{ChildGuard, Sha256, TARGET, apply_env, proxy_bin, random_bytes, sha256, spawn_group};
-
-/// A TCP echo server on an ephemeral port; runs until the test process ends.
-pub fn echo_server() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind echo");
-    let port = listener.local_addr().expect("addr").port();
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut r = conn.try_clone().expect("clone");
-                let mut w = conn;
-                let _ = std::io::copy(&mut r, &mut w);
-                let _ = w.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    port
-}
 
 /// A running `ssm-proxy forward` and what it printed on stderr.
 pub struct Forwarder {

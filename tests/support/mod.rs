@@ -5,6 +5,7 @@
 //! Every wait in here is bounded: a hung child is killed (with its whole process group, so a
 //! ProxyCommand spawned by `ssh` goes too) and the test fails with whatever output it produced.
 
+pub mod echo;
 pub mod forward;
 pub mod sshd;
 
