@@ -7,6 +7,7 @@
 
 pub mod echo;
 pub mod forward;
+pub mod realagent;
 pub mod sshd;
 
 use std::fs::{self, File};
@@ -28,6 +29,38 @@ pub const TARGET: &str = "i-0123456789abcdef0";
 /// Path of the binary under test.
 pub fn proxy_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ssm-proxy"))
+}
+
+/// The release build of the binary, as users run it: some failures show only there
+/// (`panic = "abort"`, optimised timing). Built once per test process into its own target
+/// directory (`target/rel`), because the `cargo test` that runs us holds the lock of the
+/// ordinary one; `scripts/test` builds it first, so this is then a no-op.
+pub fn release_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"))
+            .join("rel");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--bin",
+                "ssm-proxy",
+                "--quiet",
+            ])
+            .arg("--target-dir")
+            .arg(&target)
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build --release");
+        assert!(status.success(), "cargo build --release failed");
+        target.join("release").join("ssm-proxy")
+    })
 }
 
 /// A directory under the system temp dir, removed (recursively) on drop.
