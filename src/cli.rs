@@ -82,6 +82,11 @@ pub struct Cli {
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
 
+    /// If the target's agent is not connected yet (an instance still booting), keep asking for
+    /// up to SECONDS instead of failing at once.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS", env = "SSM_PROXY_WAIT")]
+    pub wait: u64,
+
     /// Bytes per protocol message (1024 is what the service is known to accept).
     #[arg(long, default_value_t = 1024, value_name = "BYTES", hide = true)]
     pub max_payload: usize,
@@ -248,7 +253,8 @@ pub fn document_parameters(
 #[command(after_help = "Examples:
   ssm-proxy ssh-config >> ~/.ssh/config
   ssm-proxy ssh-config --profile prod --region eu-west-1 --send-key 'prod-*'
-  ssm-proxy ssh-config --alias '*.prod.eu-west-1' '*.default.us-east-1'")]
+  ssm-proxy ssh-config --alias '*.prod.eu-west-1' '*.default.us-east-1'
+  ssm-proxy ssh-config --reuse 'i-*'            # one session per host, shared (ControlMaster)")]
 pub struct SshConfigArgs {
     /// Host patterns for the block (default: i-* mi-*).
     #[arg(value_name = "HOST_PATTERN")]
@@ -261,6 +267,11 @@ pub struct SshConfigArgs {
     /// The patterns are TARGET.PROFILE.REGION aliases (adds --alias).
     #[arg(long)]
     pub alias: bool,
+
+    /// Share one session among all ssh connections to a host (ControlMaster auto, kept 10
+    /// minutes after the last one): Ansible's many ssh runs then cost one StartSession per host.
+    #[arg(long)]
+    pub reuse: bool,
 }
 
 /// `ssm-proxy doctor`.
@@ -451,6 +462,32 @@ pub struct SimArgs {
     /// Seed for faults and ids.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+
+    /// Rate-limit StartSession, ResumeSession and TerminateSession to N calls a second each,
+    /// answering ThrottlingException beyond it, as AWS does.
+    #[arg(long, value_name = "N")]
+    pub api_tps: Option<f64>,
+
+    /// Calls allowed at once under --api-tps (default: twice N).
+    #[arg(long, value_name = "B", requires = "api_tps")]
+    pub api_burst: Option<u32>,
+
+    /// TARGET answers TargetNotConnected until SECONDS after the start, like an instance that
+    /// is booting (repeatable).
+    #[arg(long, value_name = "TARGET=SECONDS", value_parser = parse_online_after)]
+    pub online_after: Vec<(String, std::time::Duration)>,
+}
+
+fn parse_online_after(s: &str) -> Result<(String, std::time::Duration), String> {
+    let (target, secs) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected TARGET=SECONDS, got {s:?}"))?;
+    let secs = secs
+        .parse::<f64>()
+        .ok()
+        .and_then(|n| std::time::Duration::try_from_secs_f64(n).ok())
+        .ok_or_else(|| format!("{secs:?} is not a number of seconds in {s:?}"))?;
+    Ok((target.to_owned(), secs))
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {

@@ -137,3 +137,18 @@ pub fn exit_status_code(status: std::process::ExitStatus) -> i32 {
     }
     -1
 }
+
+/// Points stdin, stdout and stderr at the null device, so that whoever holds the other ends of
+/// our pipes (ssh, and what reads ssh's stderr) sees them closed while we finish up.
+pub fn release_stdio() {
+    #[cfg(unix)]
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
+    }
+}

@@ -7,6 +7,7 @@ mod e2e_doctor;
 mod e2e_eic;
 mod e2e_errors;
 mod e2e_faults;
+mod e2e_fleet;
 mod e2e_forward;
 mod e2e_kms;
 mod e2e_memory;

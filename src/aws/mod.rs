@@ -24,6 +24,7 @@ use aws_config::provider_config::ProviderConfig;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ssm::config::Region;
+use aws_sdk_ssm::config::retry::{RetryPartition, TokenBucket};
 
 pub use error::AwsError;
 pub use identity::Identity;
@@ -69,6 +70,48 @@ pub struct Aws {
     endpoint: String,
     /// The loaded configuration, for the clients of other services (EC2 Instance Connect, STS).
     sdk: aws_config::SdkConfig,
+    /// Sessions whose TerminateSession did not go through in time (throttled, unreachable):
+    /// [`Aws::terminate_pending`] retries them once the local side is released.
+    unterminated: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Attempts per SSM call. Each `ssh` is its own process with one StartSession, so the SDK's
+/// adaptive mode (a client-side rate limiter that learns within one process) never gets to
+/// learn; standard mode with jittered exponential backoff spreads a fleet's retries instead.
+const MAX_ATTEMPTS: u32 = 20;
+
+/// The SDK's retry budget for SSM calls (its token bucket): a retry after a throttle costs 2,
+/// after any other error (connection refused, timeout, 5xx) 20, so throttling is retried up to
+/// `MAX_ATTEMPTS` times (a minute or two of backoff: 200 ssh started at once against a limit of
+/// 5 calls a second need that) while a dead endpoint still fails after three attempts.
+fn retry_budget(name: &'static str) -> RetryPartition {
+    RetryPartition::custom(name)
+        .token_bucket(
+            TokenBucket::builder()
+                .capacity(40)
+                .retry_cost(20)
+                .timeout_retry_cost(20)
+                .throttling_retry_cost(2)
+                .build(),
+        )
+        .build()
+}
+
+/// SSM's retry settings: backoff from 0.5 s (jittered, doubling) to at most 10 s.
+fn ssm_retry() -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(MAX_ATTEMPTS)
+        .with_initial_backoff(Duration::from_millis(500))
+        .with_max_backoff(Duration::from_secs(10))
+}
+
+/// Timeouts for SSM calls: one attempt 10 s, a call with all its retries 2 minutes.
+fn ssm_timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(10))
+        .operation_timeout(Duration::from_secs(120))
+        .build()
 }
 
 impl Aws {
@@ -123,7 +166,10 @@ impl Aws {
             loader = loader.profile_name(p);
         }
         let sdk = loader.load().await;
-        let mut conf = aws_sdk_ssm::config::Builder::from(&sdk);
+        let mut conf = aws_sdk_ssm::config::Builder::from(&sdk)
+            .retry_config(ssm_retry())
+            .retry_partition(retry_budget("ssm-proxy-ssm"))
+            .timeout_config(ssm_timeouts());
         if let Some(url) = &opts.endpoint_url {
             conf = conf.endpoint_url(url);
         }
@@ -139,6 +185,7 @@ impl Aws {
             region: region.to_string(),
             endpoint,
             sdk,
+            unterminated: Default::default(),
         })
     }
 
@@ -191,14 +238,55 @@ impl Aws {
         ))
     }
 
-    /// TerminateSession, bounded so that exiting never hangs on it.
+    /// TerminateSession, bounded so that exiting never hangs on it. A call that was throttled
+    /// or timed out is remembered for [`Aws::terminate_pending`].
     pub async fn terminate_session(&self, session_id: &str) -> Result<(), AwsError> {
         let call = self.ssm.terminate_session().session_id(session_id).send();
-        match tokio::time::timeout(Duration::from_secs(2), call).await {
+        let result = match tokio::time::timeout(Duration::from_secs(2), call).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(self.classify(e, session_id)),
             Err(_) => Err(AwsError::Other("TerminateSession timed out".into())),
+        };
+        if result.as_ref().is_err_and(AwsError::is_transient) {
+            self.lock_unterminated().push(session_id.to_owned());
         }
+        result
+    }
+
+    /// Whether some TerminateSession still has to be retried.
+    pub fn has_pending_terminations(&self) -> bool {
+        !self.lock_unterminated().is_empty()
+    }
+
+    /// Retries the TerminateSession calls that did not go through, each with the SDK's full
+    /// retry budget (a bucket of its own) and up to 2 minutes; call it after the local side is
+    /// released, so that nobody waits for it. Failures are only logged.
+    pub async fn terminate_pending(&self) {
+        let pending = std::mem::take(&mut *self.lock_unterminated());
+        for id in pending {
+            let patient = aws_sdk_ssm::config::Builder::default()
+                .retry_partition(retry_budget("ssm-proxy-terminate"))
+                .timeout_config(ssm_timeouts());
+            let result = self
+                .ssm
+                .terminate_session()
+                .session_id(&id)
+                .customize()
+                .config_override(patient)
+                .send()
+                .await;
+            match result {
+                Ok(_) => tracing::info!(session = %id, "session terminated on retry"),
+                Err(e) => {
+                    let e = self.classify(e, &id);
+                    tracing::warn!(session = %id, error = %e, "TerminateSession failed");
+                }
+            }
+        }
+    }
+
+    fn lock_unterminated(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.unterminated.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn classify<E, R>(&self, err: aws_sdk_ssm::error::SdkError<E, R>, subject: &str) -> AwsError

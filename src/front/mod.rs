@@ -9,6 +9,7 @@ pub mod shell;
 pub mod sim;
 pub mod ssh_config;
 pub mod target;
+pub mod wait;
 
 use crate::aws::{Aws, AwsOptions};
 use crate::cli::AwsArgs;
@@ -40,4 +41,22 @@ pub async fn end_failed_session(aws: &Aws, session_id: &str, e: anyhow::Error) -
         let _ = aws.terminate_session(session_id).await;
     }
     e
+}
+
+/// Before exiting: if a TerminateSession did not go through (throttled, say), says how the
+/// session ended now, lets go of stdin, stdout and stderr (so neither ssh nor whatever reads
+/// ssh's output waits for us) and then retries the call with the SDK's full retry budget.
+pub async fn settle(aws: &Aws, result: anyhow::Result<u8>) -> anyhow::Result<u8> {
+    if !aws.has_pending_terminations() {
+        return result;
+    }
+    if let Err(e) = &result {
+        // main's line, printed while stderr is still there (main's own goes to /dev/null).
+        let line = format!("{e:#}");
+        eprintln!("ssm-proxy: {}", line.split_whitespace().collect::<Vec<_>>().join(" "));
+    }
+    tracing::info!("stdio released; retrying TerminateSession");
+    crate::os::release_stdio();
+    aws.terminate_pending().await;
+    result
 }

@@ -48,8 +48,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     let mut signals = os::signals();
     let (aws, profile) = super::connect(&aws_args).await?;
+    let mut wait = super::wait::Wait::new(Duration::from_secs(cli.wait));
     let prepare = async {
-        let target = target::resolve(&aws, &spec, profile.as_deref(), !aws_args.no_cache).await?;
+        let target = wait
+            .retry(&target_text, || async {
+                Ok(target::resolve(&aws, &spec, profile.as_deref(), !aws_args.no_cache).await?)
+            })
+            .await?;
         if let Some((user, key)) = &send_key {
             if !target.starts_with("i-") {
                 return Err(anyhow::Error::new(UsageError(format!(
@@ -60,8 +65,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             aws.send_ssh_public_key(&target, user, key).await?;
             tracing::info!(%target, %user, "public key pushed with EC2 Instance Connect");
         }
-        let grant = aws
-            .start_session(&target, &cli.document, parameters)
+        let grant = wait
+            .retry(&target, || async {
+                let parameters = parameters.clone();
+                Ok(aws.start_session(&target, &cli.document, parameters).await?)
+            })
             .await?;
         anyhow::Ok((target, grant))
     };
@@ -127,13 +135,14 @@ pub async fn relay(
     }
     .instrument(span)
     .await;
-    match result {
+    let result = match result {
         Ok(outcome) => Ok(match outcome.end {
             End::Signal(sig) => os::signal_exit_code(sig),
             _ => 0,
         }),
         Err(e) => Err(super::end_failed_session(&aws, &session_id, e).await),
-    }
+    };
+    super::settle(&aws, result).await
 }
 
 /// The session is not a single byte stream.

@@ -31,6 +31,11 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
         kms_key: args.kms,
         kms_denied: args.kms_deny,
         seed: args.seed,
+        api_limit: args.api_tps.map(|n| {
+            let burst = args.api_burst.unwrap_or((n * 2.0).ceil() as u32);
+            crate::sim::ApiLimit::new(n, burst)
+        }),
+        online_after: args.online_after,
         ..Default::default()
     };
     let server = SimServer::bind(config, args.listen.ip(), args.listen.port()).await?;
@@ -50,6 +55,11 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
     eprintln!(
         "ssm-proxy sim: stopping ({} sessions still active)",
         server.service().active_sessions()
+    );
+    let stats = server.service().stats();
+    eprintln!(
+        "ssm-proxy sim: {} StartSession calls, {} sessions started, {} terminated, {} calls throttled",
+        stats.start_calls, stats.started, stats.terminated, stats.throttled
     );
     Ok(crate::os::signal_exit_code(sig))
 }

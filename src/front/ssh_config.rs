@@ -61,12 +61,24 @@ pub fn render(exe: &Path, args: &SshConfigArgs, aws: &AwsArgs) -> String {
              # Instance Connect before each connection; ssh then logs in with that key.\n",
         );
     }
+    if args.reuse {
+        text.push_str(
+            "# ssh connections to one host share the first one's session (one StartSession per\n\
+             # host); it stays 10 minutes after the last one ends. `ssh -O exit HOST` ends it.\n",
+        );
+    }
     text.push_str(&format!(
         "Host {patterns}\n    ProxyCommand {}\n",
         words.join(" ")
     ));
+    if args.reuse {
+        text.push_str(REUSE);
+    }
     text
 }
+
+/// ssh's connection sharing; `%C` (a hash of the connection) keeps the socket path short.
+const REUSE: &str = "    ControlMaster auto\n    ControlPath ~/.ssh/ssm-proxy-%C\n    ControlPersist 10m\n";
 
 #[cfg(all(test, unix))]
 mod tests {
@@ -78,6 +90,7 @@ mod tests {
             patterns: vec!["web-*".into()],
             send_key: true,
             alias: false,
+            reuse: false,
         };
         let aws = AwsArgs {
             profile: Some("prod".into()),
@@ -100,6 +113,7 @@ mod tests {
                 patterns: vec![],
                 send_key: false,
                 alias: false,
+                reuse: false,
             },
             &AwsArgs {
                 profile: None,
@@ -110,5 +124,30 @@ mod tests {
             },
         );
         assert!(plain.ends_with("Host i-* mi-*\n    ProxyCommand /usr/bin/ssm-proxy %h %p\n"));
+    }
+
+    #[test]
+    fn reuse_adds_connection_sharing() {
+        let args = SshConfigArgs {
+            patterns: vec![],
+            send_key: false,
+            alias: false,
+            reuse: true,
+        };
+        let aws = AwsArgs {
+            profile: None,
+            region: None,
+            endpoint_url: None,
+            ssmmessages_endpoint: None,
+            no_cache: false,
+        };
+        let text = render(Path::new("/usr/bin/ssm-proxy"), &args, &aws);
+        assert!(
+            text.ends_with(
+                "Host i-* mi-*\n    ProxyCommand /usr/bin/ssm-proxy %h %p\n    ControlMaster auto\n    \
+                 ControlPath ~/.ssh/ssm-proxy-%C\n    ControlPersist 10m\n"
+            ),
+            "{text}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! StartSession, ResumeSession, TerminateSession and DescribeInstanceInformation, and beside them
 //! EC2 Instance Connect SendSSHPublicKey and STS GetCallerIdentity, with errors in the real wire
 //! shape (`__type` in the body and `x-amzn-ErrorType`), so the real AWS SDK talks to it unchanged.
+//! The session operations pass the rate limit first (`throttle`), as on AWS.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -84,9 +85,15 @@ async fn handle(
     let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let op = target.rsplit('.').next().unwrap_or_default();
     let result = match op {
-        "StartSession" => service.start_session(&input),
-        "ResumeSession" => service.resume_session(&input),
-        "TerminateSession" => service.terminate_session(&input),
+        "StartSession" => service
+            .throttle("StartSession")
+            .and_then(|()| service.start_session(&input)),
+        "ResumeSession" => service
+            .throttle("ResumeSession")
+            .and_then(|()| service.resume_session(&input)),
+        "TerminateSession" => service
+            .throttle("TerminateSession")
+            .and_then(|()| service.terminate_session(&input)),
         "DescribeInstanceInformation" => service.describe_instances(&input),
         "SendSSHPublicKey" => service.send_ssh_public_key(&input),
         "GenerateDataKey" => service.kms.generate_data_key(&input),

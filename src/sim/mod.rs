@@ -15,6 +15,7 @@ pub mod pair;
 pub mod service;
 pub mod shell;
 pub mod target;
+pub mod throttle;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 pub use faults::{DropPlan, FaultPlan, PausePlan};
 pub use fleet::SimInstance;
 pub use service::{Service, SimStats};
+pub use throttle::ApiLimit;
 
 /// How the simulator behaves.
 #[derive(Debug, Clone)]
@@ -61,6 +63,12 @@ pub struct SimConfig {
     pub kms_denied: Vec<String>,
     /// The agent sends an encryption challenge the client cannot decrypt.
     pub kms_bad_challenge: bool,
+    /// Rate limit of StartSession, ResumeSession and TerminateSession (each its own bucket);
+    /// None: unlimited.
+    pub api_limit: Option<ApiLimit>,
+    /// Targets that answer `TargetNotConnected` (and show `ConnectionLost`) until this long
+    /// after the simulator started: instances still booting.
+    pub online_after: Vec<(String, std::time::Duration)>,
 }
 
 impl Default for SimConfig {
@@ -82,6 +90,8 @@ impl Default for SimConfig {
             kms_key: None,
             kms_denied: Vec::new(),
             kms_bad_challenge: false,
+            api_limit: None,
+            online_after: Vec::new(),
         }
     }
 }

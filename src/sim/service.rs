@@ -40,6 +40,10 @@ pub struct SimStats {
     pub describes: u64,
     /// Sessions whose agent got its KMS data key (encrypted from then on).
     pub encrypted: u64,
+    /// StartSession calls, throttled and refused ones included.
+    pub start_calls: u64,
+    /// Calls answered with ThrottlingException.
+    pub throttled: u64,
 }
 
 /// Shared state of one simulator instance.
@@ -60,6 +64,11 @@ pub struct Service {
     outage_until: Mutex<Option<std::time::Instant>>,
     eic: super::fleet::EicKeys,
     pub(crate) kms: super::kms::Kms,
+    throttle: super::throttle::Throttle,
+    start_calls: AtomicU64,
+    throttled: AtomicU64,
+    /// When the simulator started (instances with `online_after` boot from then).
+    born: std::time::Instant,
 }
 
 impl Service {
@@ -68,6 +77,10 @@ impl Service {
         Self {
             eic: super::fleet::EicKeys::new(config.eic_validity),
             kms: super::kms::Kms::new(config.kms_denied.clone()),
+            throttle: super::throttle::Throttle::new(config.api_limit),
+            start_calls: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            born: std::time::Instant::now(),
             config,
             ws_base,
             sessions: Mutex::new(HashMap::new()),
@@ -109,6 +122,25 @@ impl Service {
         format!("sim-token-{}", uuid::Uuid::new_v4().simple())
     }
 
+    /// Takes a token of `op`'s rate limit, counting the calls it refuses.
+    pub fn throttle(&self, op: &'static str) -> Result<(), ApiError> {
+        if op == "StartSession" {
+            self.start_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        self.throttle.check(op).inspect_err(|_| {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// Whether `target` is still booting (`online_after` has not passed yet).
+    fn booting(&self, target: &str) -> bool {
+        let up = self.born.elapsed();
+        self.config
+            .online_after
+            .iter()
+            .any(|(t, after)| t == target && up < *after)
+    }
+
     /// `StartSession`.
     pub fn start_session(self: &std::sync::Arc<Self>, input: &Value) -> Result<Value, ApiError> {
         let target = input
@@ -138,6 +170,7 @@ impl Service {
             .any(|i| i.id == target && !i.online);
         if self.config.offline.iter().any(|t| t == target)
             || fleet_offline
+            || self.booting(target)
             || !looks_like_target(target)
         {
             return Err(ApiError::client(
@@ -262,7 +295,14 @@ impl Service {
     /// `DescribeInstanceInformation` over the configured fleet.
     pub fn describe_instances(&self, input: &Value) -> Result<Value, ApiError> {
         self.describes.fetch_add(1, Ordering::Relaxed);
-        super::fleet::describe(&self.config.fleet, input)
+        if self.config.online_after.is_empty() {
+            return super::fleet::describe(&self.config.fleet, input);
+        }
+        let mut fleet = self.config.fleet.clone();
+        for i in fleet.iter_mut().filter(|i| self.booting(&i.id)) {
+            i.online = false;
+        }
+        super::fleet::describe(&fleet, input)
     }
 
     /// EC2 Instance Connect `SendSSHPublicKey`.
@@ -330,6 +370,8 @@ impl Service {
             pauses: self.pauses.load(Ordering::Relaxed),
             describes: self.describes.load(Ordering::Relaxed),
             encrypted: self.encrypted.load(Ordering::Relaxed),
+            start_calls: self.start_calls.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
         }
     }
 }
