@@ -37,6 +37,7 @@ fn sixty_parallel_sessions_under_five_tps_all_succeed_and_end() {
         api_limit: Some(ApiLimit::new(5.0, 10)),
         ..SimConfig::default()
     });
+    let began = Instant::now();
     let outs: Vec<Output> = thread::scope(|s| {
         let runs: Vec<_> = (0..N)
             .map(|_| s.spawn(|| run_with_timeout(fx.ssh().arg("true"), 85)))
@@ -55,6 +56,7 @@ fn sixty_parallel_sessions_under_five_tps_all_succeed_and_end() {
     let sim = &fx.sim;
     let ended = wait_until(60, || sim.active_sessions() == 0);
     let stats = sim.stats();
+    eprintln!("{N} sessions in {:?}: {stats:?}", began.elapsed());
     assert!(ended, "{} sessions left open: {stats:?}", sim.active_sessions());
     assert_eq!(stats.started, N as u64, "{stats:?}");
     assert!(stats.terminated >= N as u64, "{stats:?}");
@@ -131,4 +133,64 @@ fn control_master_shares_one_session() {
     run_ok(shared("no").args(["-O", "exit"]), 30);
     assert!(wait_bounded(&mut master.0, 30).is_some(), "master still running");
     fx.assert_no_sessions();
+}
+
+#[test]
+fn terminations_throttled_at_the_end_are_retried_without_holding_ssh() {
+    const N: usize = 20;
+    let fx = fixture(SimConfig {
+        api_limit: Some(ApiLimit::new(5.0, 10)),
+        ..SimConfig::default()
+    });
+    let logs = TempDir::new("fleet-log");
+    let log = logs.join("proxy.log");
+    let mut env = fx.env();
+    env.push(("SSM_PROXY_LOG_FILE".into(), log.display().to_string()));
+    env.push(("SSM_PROXY_LOG".into(), "ssm_proxy=info".into()));
+    let mut runs: Vec<_> = (0..N)
+        .map(|_| {
+            let mut ssh = fx.sshd.ssh_cmd(crate::support::proxy_bin(), &env);
+            ssh.arg("sleep 60").stdout(Stdio::null()).stderr(Stdio::piped());
+            let mut child = spawn_group(&mut ssh);
+            let mut stderr = child.stderr.take().expect("stderr");
+            let drained = thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+                text
+            });
+            (ChildGuard(child), drained)
+        })
+        .collect();
+    let sim = &fx.sim;
+    assert!(
+        wait_until(60, || sim.active_sessions() == N),
+        "{:?}",
+        sim.stats()
+    );
+    // All end at once: twice the TerminateSession burst.
+    for (child, _) in &runs {
+        crate::support::kill_pid(child.0.id(), "TERM");
+    }
+    let released = Instant::now();
+    for (child, drained) in &mut runs {
+        assert!(wait_bounded(&mut child.0, 10).is_some(), "ssh did not exit");
+        // The proxy lets go of ssh's stderr even while its TerminateSession is still pending.
+        assert!(
+            wait_until(10, || drained.is_finished()),
+            "a proxy kept ssh's stderr open for {:?}",
+            released.elapsed()
+        );
+    }
+    let ended = wait_until(60, || sim.active_sessions() == 0);
+    let stats = sim.stats();
+    eprintln!("all ended {:?} after the kill: {stats:?}", released.elapsed());
+    assert!(ended, "{} sessions left open: {stats:?}", sim.active_sessions());
+    assert!(stats.terminated >= N as u64, "{stats:?}");
+    // Some TerminateSession calls were throttled past their 2 s and went the long way.
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let late = log.matches("session terminated on retry").count();
+    assert!(
+        late > 0 && late == log.matches("stdio released").count(),
+        "{log}"
+    );
 }
