@@ -84,7 +84,12 @@ pub struct Cli {
 
     /// If the target's agent is not connected yet (an instance still booting), keep asking for
     /// up to SECONDS instead of failing at once.
-    #[arg(long, default_value_t = 0, value_name = "SECONDS", env = "SSM_PROXY_WAIT")]
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "SECONDS",
+        env = "SSM_PROXY_WAIT"
+    )]
     pub wait: u64,
 
     /// Bytes per protocol message (1024 is what the service is known to accept).

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use ssm_proxy::sim::{ApiLimit, Sim, SimConfig};
 
 use crate::support::{
-    ChildGuard, Fixture, Sshd, TARGET, TempDir, one_line_failure, proxy_command, proxy_run,
-    run_ok, run_with_timeout, spawn_group, wait_bounded, wait_until,
+    ChildGuard, Fixture, Sshd, TARGET, TempDir, one_line_failure, proxy_command, proxy_run, run_ok,
+    run_with_timeout, spawn_group, wait_bounded, wait_until,
 };
 
 /// sshd drops unauthenticated connections beyond MaxStartups (default 10): a fleet run must
@@ -51,13 +51,21 @@ fn sixty_parallel_sessions_under_five_tps_all_succeed_and_end() {
         .filter(|o| !o.status.success())
         .map(|o| format!("{}: {}", o.status, stderr_of(o).trim()))
         .collect();
-    assert!(failed.is_empty(), "{} of {N} failed: {failed:#?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {N} failed: {failed:#?}",
+        failed.len()
+    );
     // TerminateSession is throttled too; the proxies retry it after letting go of ssh.
     let sim = &fx.sim;
     let ended = wait_until(60, || sim.active_sessions() == 0);
     let stats = sim.stats();
     eprintln!("{N} sessions in {:?}: {stats:?}", began.elapsed());
-    assert!(ended, "{} sessions left open: {stats:?}", sim.active_sessions());
+    assert!(
+        ended,
+        "{} sessions left open: {stats:?}",
+        sim.active_sessions()
+    );
     assert_eq!(stats.started, N as u64, "{stats:?}");
     assert!(stats.terminated >= N as u64, "{stats:?}");
     assert!(stats.throttled > 0, "the limit never bit: {stats:?}");
@@ -131,7 +139,10 @@ fn control_master_shares_one_session() {
     assert_eq!(fx.sim.stats().started, 1, "{:?}", fx.sim.stats());
     // `-O exit` ends the master; its ProxyCommand then terminates the session.
     run_ok(shared("no").args(["-O", "exit"]), 30);
-    assert!(wait_bounded(&mut master.0, 30).is_some(), "master still running");
+    assert!(
+        wait_bounded(&mut master.0, 30).is_some(),
+        "master still running"
+    );
     fx.assert_no_sessions();
 }
 
@@ -150,7 +161,9 @@ fn terminations_throttled_at_the_end_are_retried_without_holding_ssh() {
     let mut runs: Vec<_> = (0..N)
         .map(|_| {
             let mut ssh = fx.sshd.ssh_cmd(crate::support::proxy_bin(), &env);
-            ssh.arg("sleep 60").stdout(Stdio::null()).stderr(Stdio::piped());
+            ssh.arg("sleep 60")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
             let mut child = spawn_group(&mut ssh);
             let mut stderr = child.stderr.take().expect("stderr");
             let drained = thread::spawn(move || {
@@ -183,8 +196,15 @@ fn terminations_throttled_at_the_end_are_retried_without_holding_ssh() {
     }
     let ended = wait_until(60, || sim.active_sessions() == 0);
     let stats = sim.stats();
-    eprintln!("all ended {:?} after the kill: {stats:?}", released.elapsed());
-    assert!(ended, "{} sessions left open: {stats:?}", sim.active_sessions());
+    eprintln!(
+        "all ended {:?} after the kill: {stats:?}",
+        released.elapsed()
+    );
+    assert!(
+        ended,
+        "{} sessions left open: {stats:?}",
+        sim.active_sessions()
+    );
     assert!(stats.terminated >= N as u64, "{stats:?}");
     // Some TerminateSession calls were throttled past their 2 s and went the long way.
     let log = std::fs::read_to_string(&log).unwrap_or_default();

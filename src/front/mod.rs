@@ -53,7 +53,10 @@ pub async fn settle(aws: &Aws, result: anyhow::Result<u8>) -> anyhow::Result<u8>
     if let Err(e) = &result {
         // main's line, printed while stderr is still there (main's own goes to /dev/null).
         let line = format!("{e:#}");
-        eprintln!("ssm-proxy: {}", line.split_whitespace().collect::<Vec<_>>().join(" "));
+        eprintln!(
+            "ssm-proxy: {}",
+            line.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
     }
     tracing::info!("stdio released; retrying TerminateSession");
     crate::os::release_stdio();

@@ -68,7 +68,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         let grant = wait
             .retry(&target, || async {
                 let parameters = parameters.clone();
-                Ok(aws.start_session(&target, &cli.document, parameters).await?)
+                Ok(aws
+                    .start_session(&target, &cli.document, parameters)
+                    .await?)
             })
             .await?;
         anyhow::Ok((target, grant))

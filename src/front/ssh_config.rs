@@ -78,7 +78,8 @@ pub fn render(exe: &Path, args: &SshConfigArgs, aws: &AwsArgs) -> String {
 }
 
 /// ssh's connection sharing; `%C` (a hash of the connection) keeps the socket path short.
-const REUSE: &str = "    ControlMaster auto\n    ControlPath ~/.ssh/ssm-proxy-%C\n    ControlPersist 10m\n";
+const REUSE: &str =
+    "    ControlMaster auto\n    ControlPath ~/.ssh/ssm-proxy-%C\n    ControlPersist 10m\n";
 
 #[cfg(all(test, unix))]
 mod tests {
