@@ -163,7 +163,7 @@ pub enum Command {
     /// Forward local ports to ports on (or behind) the target, like `ssh -L`.
     Forward(ForwardArgs),
     /// Run the local simulator (fake SSM API, gateway and agent) for demos and tests.
-    Sim(SimArgs),
+    Sim(Box<SimArgs>),
     /// Print a ready ~/.ssh/config Host block that uses this executable.
     SshConfig(SshConfigArgs),
     /// Check credentials, region, endpoints, proxy, a target and local ssh; print each fix.

@@ -35,7 +35,7 @@ fn main() {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Some(Command::Sim(args)) => front::sim::run(args).await,
+            Some(Command::Sim(args)) => front::sim::run(*args).await,
             Some(Command::Forward(args)) => front::forward::run(args, cli.aws.clone()).await,
             Some(Command::SshConfig(args)) => front::ssh_config::run(&args, &cli.aws),
             Some(Command::Doctor(args)) => front::doctor::run(args, cli.aws.clone()).await,
