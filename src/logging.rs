@@ -22,8 +22,17 @@ const TOKEN_CARRIERS: [&str; 8] = [
     "hyper_util",
 ];
 
+/// Whether -q asked for errors only (notices are not printed then).
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether -q was given.
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the global subscriber. `SSM_PROXY_LOG` (EnvFilter syntax) overrides the level.
 pub fn init(args: &LogArgs) {
+    QUIET.store(args.quiet, std::sync::atomic::Ordering::Relaxed);
     // Our own level, and one step quieter for the libraries (the SDK warns about harmless things).
     let (ours, theirs) = match (args.quiet, args.verbose) {
         (true, _) => ("error", "error"),

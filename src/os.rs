@@ -41,6 +41,35 @@ pub fn signals() -> mpsc::Receiver<i32> {
     rx
 }
 
+/// Resolves when the reader of stdout is gone (a pipe or socket whose other end closed),
+/// without writing to it: a session nobody reads must not wait for stdin to close. Never
+/// resolves where that cannot be watched (a file, /dev/null, other OSes).
+pub async fn stdout_closed() {
+    #[cfg(unix)]
+    {
+        use tokio::io::Interest;
+        use tokio::io::unix::AsyncFd;
+        /// fd 1, borrowed: AsyncFd must not close it.
+        struct Stdout;
+        impl std::os::fd::AsRawFd for Stdout {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                1
+            }
+        }
+        if let Ok(fd) = AsyncFd::with_interest(Stdout, Interest::WRITABLE) {
+            // Writable readiness is edge-triggered: it fires again when the reader drains a
+            // full pipe, and with the error flag once the reader has closed it.
+            while let Ok(mut guard) = fd.writable().await {
+                if guard.ready().is_write_closed() {
+                    return;
+                }
+                guard.clear_ready();
+            }
+        }
+    }
+    std::future::pending::<()>().await
+}
+
 /// Conventional exit status for death by a signal.
 pub fn signal_exit_code(sig: i32) -> u8 {
     match sig {

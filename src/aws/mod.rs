@@ -39,6 +39,8 @@ pub struct AwsOptions {
     pub region: Option<String>,
     /// `--endpoint-url` for SSM (else AWS_ENDPOINT_URL_SSM / AWS_ENDPOINT_URL / shared config).
     pub endpoint_url: Option<String>,
+    /// `--reason`: StartSession's Reason, shown in the session history and CloudTrail.
+    pub reason: Option<String>,
 }
 
 /// What StartSession and ResumeSession hand out.
@@ -67,6 +69,7 @@ pub struct Aws {
     ssm: aws_sdk_ssm::Client,
     region: String,
     endpoint: String,
+    reason: Option<String>,
     /// The loaded configuration, for the clients of other services (EC2 Instance Connect, STS).
     sdk: aws_config::SdkConfig,
 }
@@ -75,6 +78,15 @@ impl Aws {
     /// Resolves region and credentials providers without touching the network, so a missing
     /// region fails at once instead of after the SDK's 3 s instance-metadata probe.
     pub async fn load(opts: &AwsOptions) -> Result<Self, AwsError> {
+        let named = opts.profile.clone().or_else(|| {
+            std::env::var("AWS_PROFILE")
+                .ok()
+                .filter(|p| !p.is_empty())
+        });
+        if let Some(name) = &named {
+            error::set_profile(name);
+            check_profile_exists(name)?;
+        }
         let region = match &opts.region {
             Some(r) => Some(Region::new(r.clone())),
             None => {
@@ -138,6 +150,7 @@ impl Aws {
             ssm: aws_sdk_ssm::Client::from_conf(conf),
             region: region.to_string(),
             endpoint,
+            reason: opts.reason.clone(),
             sdk,
         })
     }
@@ -165,6 +178,7 @@ impl Aws {
             .target(target)
             .document_name(document)
             .set_parameters((!parameters.is_empty()).then_some(parameters))
+            .set_reason(self.reason.clone())
             .send()
             .await
             .map_err(|e| self.classify(e, target))?;
@@ -207,6 +221,64 @@ impl Aws {
         R: std::fmt::Debug + Send + Sync + 'static,
     {
         error::classify(err, subject, &self.region, &self.endpoint)
+    }
+}
+
+/// A named profile must be in the config or credentials file, else every later message (no
+/// region, no credentials) would send the user looking in the wrong place. `default` may
+/// exist nowhere: the environment can supply everything.
+fn check_profile_exists(name: &str) -> Result<(), AwsError> {
+    if name == "default" {
+        return Ok(());
+    }
+    let file = |var: &str, home_rel: &str| {
+        std::env::var_os(var)
+            .map(std::path::PathBuf::from)
+            .or_else(|| dirs::home_dir().map(|h| h.join(home_rel)))
+    };
+    let config = file("AWS_CONFIG_FILE", ".aws/config");
+    let credentials = file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials");
+    let read = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    if profile_sections(&read(&config), true).any(|p| p == name)
+        || profile_sections(&read(&credentials), false).any(|p| p == name)
+    {
+        return Ok(());
+    }
+    let shown = |p: Option<std::path::PathBuf>| p.map(|p| p.display().to_string());
+    let files = [shown(config), shown(credentials)]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" or ");
+    Err(AwsError::NoProfile(name.to_owned(), files))
+}
+
+/// Profile names in an AWS config (`[profile NAME]`, `[default]`) or credentials (`[NAME]`)
+/// file.
+fn profile_sections(text: &str, config: bool) -> impl Iterator<Item = &str> {
+    text.lines().filter_map(move |l| {
+        let inner = l.trim().strip_prefix('[')?.split(']').next()?.trim();
+        match inner.strip_prefix("profile") {
+            Some(rest) if config && rest.starts_with([' ', '\t']) => Some(rest.trim()),
+            _ if config && inner != "default" => None,
+            _ => Some(inner),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn profile_sections_follow_each_file_s_syntax() {
+        let config = "[default]\nregion=x\n[profile prod]\n[ profile  dev ]\n[sso-session s]\n[other]\n";
+        let names: Vec<_> = super::profile_sections(config, true).collect();
+        assert_eq!(names, ["default", "prod", "dev"]);
+        let creds: Vec<_> = super::profile_sections("[ci]\nkey=1\n[profile x]\n", false).collect();
+        assert_eq!(creds, ["ci", "profile x"]);
     }
 }
 

@@ -89,6 +89,9 @@ pub struct Outcome {
     pub end: End,
     /// Exit status reported by the agent (command sessions).
     pub exit_code: Option<i32>,
+    /// Ended from our side and the service confirmed TerminateSession (false when it could not
+    /// be reached, e.g. `~.` during a resume).
+    pub terminated: bool,
 }
 
 /// A session failure; its text is the one line the user sees.
@@ -361,11 +364,25 @@ impl Driver {
                 sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
             }
             if lost {
+                let since = self.last_heard.elapsed();
+                reconnect_notice(&format!(
+                    "reconnecting to Session Manager (connection lost {} s ago)…",
+                    since.as_secs()
+                ));
+                let started = Instant::now();
                 // A signal must not wait for --resume-timeout.
-                tokio::select! {
-                    resumed = self.resume() => resumed?,
+                let resumed = tokio::select! {
+                    resumed = self.resume() => resumed,
                     sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
+                };
+                match &resumed {
+                    Ok(()) => reconnect_notice(&format!(
+                        "reconnected after {:.1} s; the session goes on",
+                        started.elapsed().as_secs_f64()
+                    )),
+                    Err(_) => reconnect_notice("could not reconnect; giving up"),
                 }
+                resumed?;
             }
         }
     }
@@ -444,6 +461,7 @@ impl Driver {
         Outcome {
             end,
             exit_code: self.exit_code,
+            terminated: false,
         }
     }
 
@@ -452,10 +470,17 @@ impl Driver {
     async fn finish(&mut self, end: End) -> Outcome {
         self.session.terminate(Instant::now().into_std());
         self.flush();
-        if let Err(e) = self.aws.terminate_session(&self.grant.session_id).await {
-            tracing::debug!(error = %e, "TerminateSession failed");
+        let terminated = match self.aws.terminate_session(&self.grant.session_id).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "TerminateSession failed");
+                false
+            }
+        };
+        Outcome {
+            terminated,
+            ..self.outcome(end)
         }
-        self.outcome(end)
     }
 
     /// Replaces a lost websocket: ResumeSession (fresh credentials come from the provider chain
@@ -514,6 +539,19 @@ impl Driver {
             last_error,
         ))
     }
+}
+
+/// A reconnect notice on stderr at default verbosity (not with -q): a resume can take minutes,
+/// and silence looks like a hang. Like ssh's own notices, on a raw terminal too.
+fn reconnect_notice(text: &str) {
+    if crate::logging::quiet() {
+        return;
+    }
+    let end = match crossterm::terminal::is_raw_mode_enabled() {
+        Ok(true) => "\r\n",
+        _ => "\n",
+    };
+    eprint!("ssm-proxy: {text}{end}");
 }
 
 /// Splits a websocket into a writer task (batched sends) and the read half.
