@@ -37,7 +37,9 @@ Exit status: 0 on a normal end, 2 for bad arguments, 69 target or network unavai
 #[derive(Debug, Parser)]
 #[command(name = "ssm-proxy", version, after_help = EXAMPLES)]
 #[command(subcommand_negates_reqs = true)]
-#[command(override_usage = "ssm-proxy [OPTIONS] TARGET [PORT]\n       ssm-proxy <COMMAND> [OPTIONS] [ARGS]")]
+#[command(
+    override_usage = "ssm-proxy [OPTIONS] TARGET [PORT]\n       ssm-proxy <COMMAND> [OPTIONS] [ARGS]"
+)]
 pub struct Cli {
     /// Other modes.
     #[command(subcommand)]

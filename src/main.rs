@@ -1,8 +1,8 @@
 //! The `ssm-proxy` executable: parse arguments, set up logging, run the mode, and turn the
 //! result into one stderr line and an exit status.
 
-use clap::Parser;
 use clap::CommandFactory;
+use clap::Parser;
 use ssm_proxy::cli::{AwsArgs, Cli, Command};
 use ssm_proxy::{front, logging};
 
@@ -48,7 +48,10 @@ fn main() {
         match cli.command {
             Some(Command::Sim(args)) => front::sim::run(args).await,
             Some(Command::Forward(args)) => {
-                let aws = AwsArgs { reason: args.resume.reason.clone(), ..args.aws.clone().or(&outer) };
+                let aws = AwsArgs {
+                    reason: args.resume.reason.clone(),
+                    ..args.aws.clone().or(&outer)
+                };
                 front::forward::run(args, aws).await
             }
             Some(Command::SshConfig(args)) => {
@@ -61,7 +64,10 @@ fn main() {
             Some(Command::Completions(args)) => front::manual::completions(args.shell),
             Some(Command::Man) => front::manual::man(),
             Some(Command::Shell(args)) => {
-                let aws = AwsArgs { reason: args.resume.reason.clone(), ..args.aws.clone().or(&outer) };
+                let aws = AwsArgs {
+                    reason: args.resume.reason.clone(),
+                    ..args.aws.clone().or(&outer)
+                };
                 front::shell::run(args, aws).await
             }
             None => {

@@ -47,24 +47,24 @@ pub fn signals() -> mpsc::Receiver<i32> {
 pub async fn stdout_closed() {
     #[cfg(unix)]
     {
-        use tokio::io::Interest;
-        use tokio::io::unix::AsyncFd;
-        /// fd 1, borrowed: AsyncFd must not close it.
-        struct Stdout;
-        impl std::os::fd::AsRawFd for Stdout {
-            fn as_raw_fd(&self) -> std::os::fd::RawFd {
-                1
-            }
-        }
-        if let Ok(fd) = AsyncFd::with_interest(Stdout, Interest::WRITABLE) {
-            // Writable readiness is edge-triggered: it fires again when the reader drains a
-            // full pipe, and with the error flag once the reader has closed it.
-            while let Ok(mut guard) = fd.writable().await {
-                if guard.ready().is_write_closed() {
-                    return;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            use rustix::event::{PollFd, PollFlags, poll};
+            let stdout = std::io::stdout();
+            // No events asked: poll returns only for POLLERR (a pipe's reader closed it),
+            // POLLHUP (a socket's peer did) or POLLNVAL.
+            let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+            loop {
+                match poll(&mut fds, None) {
+                    Ok(n) if n > 0 => break,
+                    Err(rustix::io::Errno::INTR) | Ok(_) => continue,
+                    Err(_) => return,
                 }
-                guard.clear_ready();
             }
+            let _ = tx.send(());
+        });
+        if rx.await.is_ok() {
+            return;
         }
     }
     std::future::pending::<()>().await

@@ -152,7 +152,9 @@ fn docs_refer_only_to_files_in_the_repository() {
             }
         }
     }
-    let dirs = ["src/", "docs/", "contrib/", "tests/", "benches/", "scripts/", ".ci/"];
+    let dirs = [
+        "src/", "docs/", "contrib/", "tests/", "benches/", "scripts/", ".ci/",
+    ];
     let mut missing = Vec::new();
     for page in &pages {
         let text = fs::read_to_string(page).expect("page");
@@ -176,11 +178,21 @@ fn docs_refer_only_to_files_in_the_repository() {
                 missing.push(format!("{}: `{path}`", page.display()));
             }
         }
-        for outside in ["protocol.md", "field.md", "style.md", "protocol notes", "/work/"] {
+        for outside in [
+            "protocol.md",
+            "field.md",
+            "style.md",
+            "protocol notes",
+            "/work/",
+        ] {
             if text.contains(outside) {
                 missing.push(format!("{}: mentions {outside}", page.display()));
             }
         }
     }
-    assert!(missing.is_empty(), "references to files not in the repository:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "references to files not in the repository:\n{}",
+        missing.join("\n")
+    );
 }

@@ -54,8 +54,9 @@ fn reconnect_notices_go_to_stderr_at_default_verbosity() {
     assert_eq!(sim.stats().drops, 1);
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(
-        lines.iter().any(|l| l
-            .starts_with("ssm-proxy: reconnecting to Session Manager (connection lost ")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("ssm-proxy: reconnecting to Session Manager (connection lost ")),
         "{stderr}"
     );
     assert!(
@@ -150,8 +151,14 @@ fn a_profile_that_does_not_exist_says_so() {
     env.push(("AWS_PROFILE".into(), "nosuch".into()));
     let out = run(&env, &["doctor"], b"", 10);
     let report = text(&out.stdout);
-    assert!(report.contains("info  profile: nosuch (AWS_PROFILE)"), "{report}");
-    assert!(report.contains("FAIL  profile: AWS profile \"nosuch\""), "{report}");
+    assert!(
+        report.contains("info  profile: nosuch (AWS_PROFILE)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("FAIL  profile: AWS profile \"nosuch\""),
+        "{report}"
+    );
 }
 
 #[test]
@@ -180,8 +187,14 @@ fn an_sso_profile_without_a_login_names_the_profile_in_the_fix() {
     // doctor shows the profile, the region's source and the credential source.
     let out = run(&sim_env(&sim, &home), &["doctor"], b"", 10);
     let report = text(&out.stdout);
-    assert!(report.contains("info  profile: default (neither"), "{report}");
-    assert!(report.contains("region: us-east-1 (from AWS_REGION)"), "{report}");
+    assert!(
+        report.contains("info  profile: default (neither"),
+        "{report}"
+    );
+    assert!(
+        report.contains("region: us-east-1 (from AWS_REGION)"),
+        "{report}"
+    );
     assert!(
         report.contains("credentials: from the Environment"),
         "{report}"
@@ -206,7 +219,12 @@ fn reason_reaches_start_session_and_the_simulator_records_it() {
     assert_eq!(reasons[0].1, "ec2-user@web-1 (OPS-42)");
     // Over 256 characters: refused before any call, like the API would.
     let long = "x".repeat(257);
-    let out = run(&sim_env(&sim, &home), &["--reason", &long, TARGET, "22"], b"", 5);
+    let out = run(
+        &sim_env(&sim, &home),
+        &["--reason", &long, TARGET, "22"],
+        b"",
+        5,
+    );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert_eq!(sim.stats().started, 1);
     // ssh-config writes a pattern ssh fills in.
@@ -242,7 +260,13 @@ fn bash_complete(words: &[&str]) -> Vec<String> {
 #[test]
 fn bash_completes_subcommand_options_without_hidden_ones() {
     let forward = bash_complete(&["ssm-proxy", "forward", "--"]);
-    for want in ["--local", "--resume-timeout", "--reason", "--profile", "--verbose"] {
+    for want in [
+        "--local",
+        "--resume-timeout",
+        "--reason",
+        "--profile",
+        "--verbose",
+    ] {
         assert!(forward.iter().any(|w| w == want), "{want} in {forward:?}");
     }
     assert!(!forward.iter().any(|w| w == "--offline"), "{forward:?}");
@@ -255,9 +279,15 @@ fn bash_completes_subcommand_options_without_hidden_ones() {
     );
     let sim = bash_complete(&["ssm-proxy", "sim", "--"]);
     assert!(sim.iter().any(|w| w == "--offline"), "{sim:?}");
-    assert!(!sim.iter().any(|w| w == "--profile"), "AWS options in sim: {sim:?}");
+    assert!(
+        !sim.iter().any(|w| w == "--profile"),
+        "AWS options in sim: {sim:?}"
+    );
     let subcommands = bash_complete(&["ssm-proxy", "ss"]);
-    assert!(subcommands.iter().any(|w| w == "ssh-config"), "{subcommands:?}");
+    assert!(
+        subcommands.iter().any(|w| w == "ssh-config"),
+        "{subcommands:?}"
+    );
 }
 
 #[test]
@@ -311,7 +341,7 @@ fn man_page_has_environment_exit_status_and_no_missing_pages() {
     // Examples keep their lines: no filling.
     let examples = page.split(".SH EXAMPLES").nth(1).unwrap();
     assert!(examples.starts_with("\n.PP\n.nf\n"), "{examples}");
-    assert!(examples.contains("\nHost i\\-* mi\\-*\n"), "{examples}");
+    assert!(examples.contains("\n  Host i\\-* mi\\-*\n"), "{examples}");
     assert!(page.contains("\\fB77\\fR"));
 }
 
@@ -328,9 +358,15 @@ fn help_text_matches_behaviour() {
         let h = help(&[sub, "--help"]);
         assert!(!h.contains("--profile"), "{sub} offers AWS options: {h}");
     }
-    assert!(!help(&["shell", "--help"]).contains("docs/"), "refers to a repo file");
+    assert!(
+        !help(&["shell", "--help"]).contains("docs/"),
+        "refers to a repo file"
+    );
     assert!(help(&["forward", "--help"]).contains("a Name tag value"));
-    assert!(!top.contains("protocol trace"), "-vvv promises a protocol trace");
+    assert!(
+        !top.contains("protocol trace"),
+        "-vvv promises a protocol trace"
+    );
     // Options given before a subcommand still count for it.
     let out = run(&[], &["--profile", "nosuch", "doctor"], b"", 10);
     assert!(
@@ -376,7 +412,10 @@ fn ssh_config_names_the_command_as_invoked() {
 fn simulator_environment_works_for_aws_cli_v1_and_v2() {
     let sim = Sim::start(SimConfig::default()).expect("sim");
     let env = sim.env();
-    assert!(env.iter().any(|(k, v)| k == "AWS_DEFAULT_REGION" && v == "us-east-1"));
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "AWS_DEFAULT_REGION" && v == "us-east-1")
+    );
     let has_aws = Command::new("aws")
         .arg("--version")
         .stdout(Stdio::null())

@@ -14,13 +14,15 @@ pub enum AwsError {
     /// The credential chain found nothing.
     #[error(
         "no AWS credentials found{}: run `aws sso login{}` or `aws configure{}`, set AWS_PROFILE, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-        profile_named(" for profile "), profile_named(" --profile "), profile_named(" --profile ")
+        profile_named(" for profile "),
+        profile_named(" --profile "),
+        profile_named(" --profile ")
     )]
     NoCredentials,
     /// Credentials exist but are rejected (expired, bad signature).
     #[error(
-        "AWS rejected the credentials{} ({0}): refresh them (e.g. `aws sso login{}`) and retry",
-        profile_named(" of profile "), profile_named(" --profile ")
+        "AWS rejected the credentials{of} ({0}): refresh them (e.g. `aws sso login{login}`) and retry",
+        of = profile_named(" of profile "), login = profile_named(" --profile ")
     )]
     BadCredentials(String),
     /// The profile asked for is in neither AWS file.

@@ -30,6 +30,9 @@ pub use identity::Identity;
 pub use inventory::ManagedNode;
 pub use kms::DataKey;
 
+/// How long StartSession may take before a notice says what is being waited for.
+const SLOW_CALL: Duration = Duration::from_secs(5);
+
 /// Where the AWS configuration comes from, as the user gave it.
 #[derive(Debug, Clone, Default)]
 pub struct AwsOptions {
@@ -78,11 +81,10 @@ impl Aws {
     /// Resolves region and credentials providers without touching the network, so a missing
     /// region fails at once instead of after the SDK's 3 s instance-metadata probe.
     pub async fn load(opts: &AwsOptions) -> Result<Self, AwsError> {
-        let named = opts.profile.clone().or_else(|| {
-            std::env::var("AWS_PROFILE")
-                .ok()
-                .filter(|p| !p.is_empty())
-        });
+        let named = opts
+            .profile
+            .clone()
+            .or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()));
         if let Some(name) = &named {
             error::set_profile(name);
             check_profile_exists(name)?;
@@ -172,16 +174,25 @@ impl Aws {
         document: &str,
         parameters: HashMap<String, Vec<String>>,
     ) -> Result<SessionGrant, AwsError> {
-        let out = self
+        let call = self
             .ssm
             .start_session()
             .target(target)
             .document_name(document)
             .set_parameters((!parameters.is_empty()).then_some(parameters))
             .set_reason(self.reason.clone())
-            .send()
-            .await
-            .map_err(|e| self.classify(e, target))?;
+            .send();
+        tokio::pin!(call);
+        // An endpoint that accepts and never answers takes the whole operation timeout.
+        let out = tokio::select! {
+            out = &mut call => out,
+            () = tokio::time::sleep(SLOW_CALL) => {
+                let (endpoint, waited) = (&self.endpoint, SLOW_CALL.as_secs());
+                tracing::warn!(target: "ssm_proxy::notice", "waiting for {endpoint} to answer StartSession ({waited} s so far)…");
+                call.await
+            }
+        }
+        .map_err(|e| self.classify(e, target))?;
         grant(out.session_id, out.token_value, out.stream_url).ok_or_else(|| {
             AwsError::Other("StartSession returned no session id, token or stream URL".into())
         })
@@ -249,11 +260,12 @@ fn check_profile_exists(name: &str) -> Result<(), AwsError> {
         return Ok(());
     }
     let shown = |p: Option<std::path::PathBuf>| p.map(|p| p.display().to_string());
-    let files = [shown(config), shown(credentials)]
+    let mut files: Vec<String> = [shown(config), shown(credentials)]
         .into_iter()
         .flatten()
-        .collect::<Vec<_>>()
-        .join(" or ");
+        .collect();
+    files.dedup();
+    let files = files.join(" or ");
     Err(AwsError::NoProfile(name.to_owned(), files))
 }
 
@@ -274,7 +286,8 @@ fn profile_sections(text: &str, config: bool) -> impl Iterator<Item = &str> {
 mod tests {
     #[test]
     fn profile_sections_follow_each_file_s_syntax() {
-        let config = "[default]\nregion=x\n[profile prod]\n[ profile  dev ]\n[sso-session s]\n[other]\n";
+        let config =
+            "[default]\nregion=x\n[profile prod]\n[ profile  dev ]\n[sso-session s]\n[other]\n";
         let names: Vec<_> = super::profile_sections(config, true).collect();
         assert_eq!(names, ["default", "prod", "dev"]);
         let creds: Vec<_> = super::profile_sections("[ci]\nkey=1\n[profile x]\n", false).collect();

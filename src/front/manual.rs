@@ -23,10 +23,18 @@ pub fn completion_script(shell: clap_complete::Shell) -> String {
     let mut buf = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "ssm-proxy", &mut buf);
     let text = String::from_utf8_lossy(&buf);
-    let hidden = |line: &str| HIDDEN.iter().any(|h| line.contains(h));
+    // zsh writes `'--max-payload=[…]'`, fish `-l max-payload`: the bare name finds both.
+    let hidden = |line: &str| {
+        HIDDEN
+            .iter()
+            .any(|h| line.contains(h.trim_start_matches('-')))
+    };
     match shell {
         // Options are words of `opts="…"` lists there; elsewhere one option per line.
+        // clap_complete turns the `-` of `ssm-proxy` into its subcommand separator in the
+        // case labels of subcommands but not where it sets `cmd`: no label ever matched.
         clap_complete::Shell::Bash => text
+            .replace("ssm__subcmd__proxy", "ssm__proxy")
             .lines()
             .map(|l| match l.trim_start().starts_with("opts=") {
                 true => l
@@ -73,7 +81,10 @@ pub fn man_page() -> std::io::Result<String> {
         let name = sub.get_name();
         let usage = sub.clone().render_usage().to_string();
         let usage = usage.trim_start_matches("Usage: ");
-        page.push_str(&format!(".SS \"{}\"\n", escape(&format!("ssm-proxy {name}"))));
+        page.push_str(&format!(
+            ".SS \"{}\"\n",
+            escape(&format!("ssm-proxy {name}"))
+        ));
         page.push_str(&format!(".B {}\n.PP\n", escape(usage)));
         if let Some(about) = sub.get_long_about().or(sub.get_about()) {
             page.push_str(&format!("{}\n", escape(&about.to_string())));
@@ -87,17 +98,14 @@ pub fn man_page() -> std::io::Result<String> {
             page.push_str(&verbatim(&after.to_string()));
         }
     }
-    let (examples, exits) = EXAMPLES.split_once("Exit status:").unwrap_or((EXAMPLES, ""));
+    // The help's closing "Exit status: …" sentence is the list below, in detail.
+    let examples = EXAMPLES.split("Exit status:").next().unwrap_or(EXAMPLES);
     page.push_str(".SH EXAMPLES\n");
     page.push_str(&verbatim(examples.trim_start_matches("Examples:\n")));
     page.push_str(ENVIRONMENT);
     page.push_str(".SH \"EXIT STATUS\"\n");
-    page.push_str(&format!("{}\n", escape(&exits.split_whitespace().collect::<Vec<_>>().join(" "))));
     page.push_str(EXIT_STATUSES);
-    page.push_str(&format!(
-        ".SH VERSION\nv{}\n",
-        env!("CARGO_PKG_VERSION")
-    ));
+    page.push_str(&format!(".SH VERSION\nv{}\n", env!("CARGO_PKG_VERSION")));
     Ok(page)
 }
 

@@ -209,7 +209,9 @@ fn exit_status(outcome: &Outcome, session_id: &str) -> u8 {
         (End::Signal(DISCONNECT), _) => {
             // On its own line: the remote prompt usually left the cursor mid-line.
             match outcome.terminated {
-                true => eprintln!("\nssm-proxy: disconnected (~.); session {session_id} terminated"),
+                true => {
+                    eprintln!("\nssm-proxy: disconnected (~.); session {session_id} terminated")
+                }
                 false => eprintln!(
                     "\nssm-proxy: disconnected (~.); the service could not be reached to end \
                      session {session_id}: it ends when the service notices, or run \

@@ -170,10 +170,16 @@ mod tests {
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let path = std::env::join_paths([Path::new("/nonexistent"), &bin]).unwrap();
         // The bare name PATH finds, and a symlink by its own path, stay as typed.
-        assert_eq!(invoked_as(Path::new("ssm-proxy"), &path, &real), Path::new("ssm-proxy"));
+        assert_eq!(
+            invoked_as(Path::new("ssm-proxy"), &path, &real),
+            Path::new("ssm-proxy")
+        );
         assert_eq!(invoked_as(&link, &path, &real), link);
         // A name PATH does not lead here, or another file, falls back to the executable.
-        assert_eq!(invoked_as(Path::new("ssm-proxy"), "/nonexistent".as_ref(), &real), real);
+        assert_eq!(
+            invoked_as(Path::new("ssm-proxy"), "/nonexistent".as_ref(), &real),
+            real
+        );
         assert_eq!(invoked_as(Path::new("/bin/sh"), &path, &real), real);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -89,7 +89,10 @@ impl Service {
 
     /// (session id, Reason) of each StartSession that gave a Reason, in order.
     pub fn reasons(&self) -> Vec<(String, String)> {
-        self.reasons.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The configuration.

@@ -277,7 +277,8 @@ impl Targets {
                         }
                         if paced {
                             let now = tokio::time::Instant::now();
-                            next = (next + Duration::from_millis(1)).max(now - Duration::from_millis(5));
+                            next = (next + Duration::from_millis(1))
+                                .max(now - Duration::from_millis(5));
                             tokio::time::sleep_until(next).await;
                         }
                     }

@@ -364,23 +364,24 @@ impl Driver {
                 sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
             }
             if lost {
-                let since = self.last_heard.elapsed();
-                reconnect_notice(&format!(
-                    "reconnecting to Session Manager (connection lost {} s ago)…",
-                    since.as_secs()
-                ));
+                // Notices (shown at default verbosity): a resume can take minutes, and
+                // silence looks like a hang.
+                let since = self.last_heard.elapsed().as_secs();
+                tracing::warn!(target: "ssm_proxy::notice", "reconnecting to Session Manager (connection lost {since} s ago)…");
                 let started = Instant::now();
                 // A signal must not wait for --resume-timeout.
                 let resumed = tokio::select! {
                     resumed = self.resume() => resumed,
                     sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
                 };
+                let took = started.elapsed().as_secs_f64();
                 match &resumed {
-                    Ok(()) => reconnect_notice(&format!(
-                        "reconnected after {:.1} s; the session goes on",
-                        started.elapsed().as_secs_f64()
-                    )),
-                    Err(_) => reconnect_notice("could not reconnect; giving up"),
+                    Ok(()) => {
+                        tracing::warn!(target: "ssm_proxy::notice", "reconnected after {took:.1} s; the session goes on")
+                    }
+                    Err(_) => {
+                        tracing::warn!(target: "ssm_proxy::notice", "could not reconnect; giving up after {took:.0} s")
+                    }
                 }
                 resumed?;
             }
@@ -539,19 +540,6 @@ impl Driver {
             last_error,
         ))
     }
-}
-
-/// A reconnect notice on stderr at default verbosity (not with -q): a resume can take minutes,
-/// and silence looks like a hang. Like ssh's own notices, on a raw terminal too.
-fn reconnect_notice(text: &str) {
-    if crate::logging::quiet() {
-        return;
-    }
-    let end = match crossterm::terminal::is_raw_mode_enabled() {
-        Ok(true) => "\r\n",
-        _ => "\n",
-    };
-    eprint!("ssm-proxy: {text}{end}");
 }
 
 /// Splits a websocket into a writer task (batched sends) and the read half.
