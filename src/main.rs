@@ -180,10 +180,10 @@ fn parse(argv: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
     if host_like && subcommand_ran {
         let mut as_target = argv.clone();
         as_target.insert(n - 2, "--".into());
-        if let Ok(cli) = Cli::try_parse_from(&as_target) {
-            if cli.command.is_none() {
-                return Ok(cli);
-            }
+        if let Ok(cli) = Cli::try_parse_from(&as_target)
+            && cli.command.is_none()
+        {
+            return Ok(cli);
         }
     }
     parsed

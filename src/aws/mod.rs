@@ -282,19 +282,6 @@ fn profile_sections(text: &str, config: bool) -> impl Iterator<Item = &str> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn profile_sections_follow_each_file_s_syntax() {
-        let config =
-            "[default]\nregion=x\n[profile prod]\n[ profile  dev ]\n[sso-session s]\n[other]\n";
-        let names: Vec<_> = super::profile_sections(config, true).collect();
-        assert_eq!(names, ["default", "prod", "dev"]);
-        let creds: Vec<_> = super::profile_sections("[ci]\nkey=1\n[profile x]\n", false).collect();
-        assert_eq!(creds, ["ci", "profile x"]);
-    }
-}
-
 fn grant(id: Option<String>, token: Option<String>, url: Option<String>) -> Option<SessionGrant> {
     match (id, token, url) {
         (Some(session_id), Some(token), Some(stream_url)) if !token.is_empty() => {
@@ -305,5 +292,18 @@ fn grant(id: Option<String>, token: Option<String>, url: Option<String>) -> Opti
             })
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn profile_sections_follow_each_file_s_syntax() {
+        let config =
+            "[default]\nregion=x\n[profile prod]\n[ profile  dev ]\n[sso-session s]\n[other]\n";
+        let names: Vec<_> = super::profile_sections(config, true).collect();
+        assert_eq!(names, ["default", "prod", "dev"]);
+        let creds: Vec<_> = super::profile_sections("[ci]\nkey=1\n[profile x]\n", false).collect();
+        assert_eq!(creds, ["ci", "profile x"]);
     }
 }
