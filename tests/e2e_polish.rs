@@ -36,53 +36,46 @@ fn sim_env(sim: &Sim, home: &TempDir) -> Vec<(String, String)> {
     env
 }
 
-#[test]
-fn reconnect_notices_go_to_stderr_at_default_verbosity() {
+/// Echoes 512 KiB through `ssm-proxy FLAGS TARGET PORT` while the simulator drops the websocket
+/// once; checks the bytes and the drop, returns stderr.
+fn echo_across_a_drop(flags: &[&str]) -> String {
     let sim = Sim::start(SimConfig {
-        drops: DropPlan::parse("after-bytes=400000,max=1").expect("plan"),
+        drops: DropPlan::parse("after-bytes=300000,max=1").expect("plan"),
         ..Default::default()
     })
     .expect("sim");
     let home = TempDir::new("polish-home");
     let port = echo_server().to_string();
-    let input = random_bytes(1 << 20, 16);
-    let out = run(&sim_env(&sim, &home), &[TARGET, &port], &input, 60);
+    let input = random_bytes(512 << 10, 16);
+    let args: Vec<&str> = flags.iter().copied().chain([TARGET, &port]).collect();
+    let out = run(&sim_env(&sim, &home), &args, &input, 60);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{}: {stderr}", out.status);
     // stdout is the byte stream and nothing else.
     assert_eq!(sha256(&out.stdout), sha256(&input), "stderr: {stderr}");
     assert_eq!(sim.stats().drops, 1);
+    stderr
+}
+
+#[test]
+fn reconnect_notices_go_to_stderr_at_default_verbosity() {
+    let stderr = echo_across_a_drop(&[]);
     let lines: Vec<&str> = stderr.lines().collect();
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("ssm-proxy: reconnecting to Session Manager (connection lost ")),
-        "{stderr}"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("ssm-proxy: reconnected after ")),
-        "{stderr}"
-    );
     assert_eq!(lines.len(), 2, "only the two notices: {stderr}");
+    assert!(
+        lines[0].starts_with("ssm-proxy: reconnecting to Session Manager (connection lost "),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with("ssm-proxy: reconnected after "),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn quiet_hides_reconnect_notices() {
-    let sim = Sim::start(SimConfig {
-        drops: DropPlan::parse("after-bytes=100000,max=1").expect("plan"),
-        ..Default::default()
-    })
-    .expect("sim");
-    let home = TempDir::new("polish-home");
-    let port = echo_server().to_string();
-    let input = random_bytes(256 << 10, 17);
-    let out = run(&sim_env(&sim, &home), &["-q", TARGET, &port], &input, 60);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(sha256(&out.stdout), sha256(&input));
-    assert_eq!(sim.stats().drops, 1);
-    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let stderr = echo_across_a_drop(&["-q"]);
+    assert!(stderr.is_empty(), "{stderr}");
 }
 
 #[test]
