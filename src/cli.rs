@@ -451,6 +451,11 @@ pub struct SimArgs {
     /// Seed for faults and ids.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+
+    /// Accept data-channel upgrades that are not SigV4-signed, as from session-manager-plugin
+    /// older than 1.2.764.0 (by default they are refused with HTTP 403, as by the service).
+    #[arg(long)]
+    pub allow_unsigned: bool,
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {

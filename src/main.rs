@@ -121,6 +121,10 @@ fn fail(err: &anyhow::Error) -> u8 {
             err.chain().find_map(
                 |e| match e.downcast_ref::<ssm_proxy::transport::DriveError>() {
                     Some(ssm_proxy::transport::DriveError::Aws(a)) => Some(a.exit_code()),
+                    Some(
+                        d @ (ssm_proxy::transport::DriveError::Forbidden(_)
+                        | ssm_proxy::transport::DriveError::StreamUrl(_)),
+                    ) => Some(d.exit_code()),
                     _ => None,
                 },
             )

@@ -9,8 +9,10 @@ mod http;
 mod identity;
 mod inventory;
 mod kms;
+mod sign;
 
 pub use http::ca_bundle;
+pub use sign::{SERVICE as SIGNING_SERVICE, is_presigned, upgrade_headers};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -69,6 +71,8 @@ pub struct Aws {
     endpoint: String,
     /// The loaded configuration, for the clients of other services (EC2 Instance Connect, STS).
     sdk: aws_config::SdkConfig,
+    /// Credentials that sign the data-channel upgrade (`sign.rs`).
+    signing: sign::SigningCache,
 }
 
 impl Aws {
@@ -139,6 +143,7 @@ impl Aws {
             region: region.to_string(),
             endpoint,
             sdk,
+            signing: Default::default(),
         })
     }
 

@@ -31,6 +31,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
         kms_key: args.kms,
         kms_denied: args.kms_deny,
         seed: args.seed,
+        allow_unsigned: args.allow_unsigned,
         ..Default::default()
     };
     let server = SimServer::bind(config, args.listen.ip(), args.listen.port()).await?;

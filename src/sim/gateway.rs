@@ -73,15 +73,40 @@ async fn accept(stream: TcpStream, service: Arc<Service>) {
         return;
     }
     let mut path = String::new();
+    let mut signer = None;
     // The error type is tungstenite's, not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
         path = req.uri().path().to_owned();
+        let host = req
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        let uri = format!("http://{host}{}", req.uri());
+        let keys = service.signing_keys();
+        let now = std::time::SystemTime::now();
+        match super::sigv4::verify("GET", &uri, req.headers(), &keys, now) {
+            Ok(key) => signer = Some(key),
+            Err(_) if service.config().allow_unsigned => {}
+            Err(why) => {
+                tracing::info!(%why, "upgrade refused");
+                let body = format!(
+                    "{{\"message\":\"Forbidden: the OpenDataChannel request must be SigV4-signed: {why}\"}}"
+                );
+                let mut refused = http::Response::new(Some(body));
+                *refused.status_mut() = http::StatusCode::FORBIDDEN;
+                return Err(refused);
+            }
+        }
         Ok(resp)
     };
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
         return;
     };
+    if let Some(key) = signer {
+        service.signed_by(key);
+    }
     let session_id = path
         .strip_prefix("/v1/data-channel/")
         .unwrap_or_default()

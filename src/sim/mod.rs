@@ -14,6 +14,7 @@ pub mod kms;
 pub mod pair;
 pub mod service;
 pub mod shell;
+pub mod sigv4;
 pub mod target;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -61,6 +62,10 @@ pub struct SimConfig {
     pub kms_denied: Vec<String>,
     /// The agent sends an encryption challenge the client cannot decrypt.
     pub kms_bad_challenge: bool,
+    /// Accept unsigned websocket upgrades, as from clients older than 1.2.764.0 (§16.1).
+    pub allow_unsigned: bool,
+    /// Access keys (id, secret) accepted beside the printed one, e.g. for rotating credentials.
+    pub keys: Vec<(String, String)>,
 }
 
 impl Default for SimConfig {
@@ -82,9 +87,16 @@ impl Default for SimConfig {
             kms_key: None,
             kms_denied: Vec::new(),
             kms_bad_challenge: false,
+            allow_unsigned: false,
+            keys: Vec::new(),
         }
     }
 }
+
+/// The access key the simulator prints for its clients.
+pub const ACCESS_KEY: &str = "AKIASIMULATOR000000";
+/// Its secret.
+pub const SECRET_KEY: &str = "simulator-secret";
 
 /// A running simulator bound to loopback.
 pub struct SimServer {
@@ -126,9 +138,9 @@ impl SimServer {
     pub fn env(&self) -> Vec<(String, String)> {
         [
             ("AWS_ENDPOINT_URL_SSM", self.endpoint()),
-            ("AWS_ACCESS_KEY_ID", "AKIASIMULATOR000000".into()),
-            ("AWS_SECRET_ACCESS_KEY", "simulator-secret".into()),
-            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", sigv4::REGION.into()),
             ("AWS_CONFIG_FILE", "/dev/null".into()),
             ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
             ("AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT", self.endpoint()),

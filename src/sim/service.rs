@@ -60,6 +60,8 @@ pub struct Service {
     outage_until: Mutex<Option<std::time::Instant>>,
     eic: super::fleet::EicKeys,
     pub(crate) kms: super::kms::Kms,
+    /// The access key of every signed upgrade accepted, in order.
+    signers: Mutex<Vec<String>>,
 }
 
 impl Service {
@@ -81,12 +83,35 @@ impl Service {
             describes: AtomicU64::new(0),
             encrypted: AtomicU64::new(0),
             outage_until: Mutex::new(None),
+            signers: Mutex::new(Vec::new()),
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> &SimConfig {
         &self.config
+    }
+
+    /// The keys whose signatures the gateway accepts: the printed one and the configured extras.
+    pub fn signing_keys(&self) -> Vec<(String, String)> {
+        let mut keys = vec![(super::ACCESS_KEY.to_owned(), super::SECRET_KEY.to_owned())];
+        keys.extend(self.config.keys.iter().cloned());
+        keys
+    }
+
+    pub(crate) fn signed_by(&self, key: String) {
+        self.signers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(key);
+    }
+
+    /// The access key of every signed upgrade accepted so far, in order.
+    pub fn signers(&self) -> Vec<String> {
+        self.signers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// `ws://ip:port` of the gateway.

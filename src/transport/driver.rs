@@ -116,6 +116,16 @@ pub enum DriveError {
     /// Resuming failed for longer than allowed.
     #[error("connection lost and not resumed within {0} s: {1}")]
     ResumeTimeout(u64, String),
+    /// The service refused the signed upgrade (HTTP 403).
+    #[error(
+        "the service refused to open the data channel to {0} (HTTP 403 to the signed request): \
+         refresh the AWS credentials (e.g. aws sso login), check the system clock and that the \
+         policy allows ssmmessages:OpenDataChannel"
+    )]
+    Forbidden(String),
+    /// The StreamUrl is not one the session token may be sent to (§16.1).
+    #[error("{0}")]
+    StreamUrl(String),
     /// The session no longer exists on the service.
     #[error("the session ended while disconnected (ResumeSession returned no token)")]
     Gone,
@@ -127,6 +137,8 @@ impl DriveError {
         match self {
             Self::Aws(e) => e.exit_code(),
             Self::Dial { .. } | Self::ResumeTimeout(..) => 69,
+            Self::StreamUrl(_) => 78,
+            Self::Forbidden(_) => 77,
             _ => 1,
         }
     }
@@ -165,19 +177,17 @@ impl Driver {
         mut config: DriverConfig,
     ) -> Result<Self, DriveError> {
         let client_id = uuid::Uuid::new_v4().to_string();
+        websocket::check_url(&grant.stream_url).map_err(DriveError::StreamUrl)?;
         let mut attempt = 0;
         let ws = loop {
-            match websocket::open(&grant.stream_url, &grant.token, &client_id).await {
+            match websocket::open(&grant.stream_url, &grant.token, &client_id, &aws).await {
                 Ok(ws) => break ws,
+                Err(e) if websocket::forbidden(&e) => {
+                    return Err(DriveError::Forbidden(shown_url(&grant.stream_url)));
+                }
                 Err(e) if attempt >= 3 => {
-                    let url = grant
-                        .stream_url
-                        .split('?')
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
                     return Err(DriveError::Dial {
-                        url,
+                        url: shown_url(&grant.stream_url),
                         detail: format!("{e:#}"),
                     });
                 }
@@ -477,6 +487,7 @@ impl Driver {
             match self.aws.resume_session(&self.grant.session_id).await {
                 Ok(Some(grant)) => {
                     if !grant.stream_url.is_empty() {
+                        websocket::check_url(&grant.stream_url).map_err(DriveError::StreamUrl)?;
                         self.grant.stream_url = grant.stream_url;
                     }
                     self.grant.token = grant.token;
@@ -484,6 +495,7 @@ impl Driver {
                         &self.grant.stream_url,
                         &self.grant.token,
                         &self.client_id,
+                        &self.aws,
                     )
                     .await
                     {
@@ -537,6 +549,11 @@ fn split(ws: Ws) -> (mpsc::UnboundedSender<Message>, SplitStream<Ws>) {
         let _ = sink.close().await;
     });
     (tx, stream)
+}
+
+/// A StreamUrl as shown to the user: without its query.
+fn shown_url(url: &str) -> String {
+    url.split('?').next().unwrap_or_default().to_owned()
 }
 
 fn unix_ms() -> u64 {
