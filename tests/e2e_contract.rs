@@ -192,3 +192,26 @@ fn resume_signs_with_fresh_credentials() {
         "a resume reused the first credentials: {signers:?}"
     );
 }
+
+#[test]
+fn idle_timeout_ends_a_forward_without_a_new_session() {
+    use crate::support::forward::{Forwarder, echo_round_trip};
+    let sim = Sim::start(SimConfig {
+        idle_timeout: Some(std::time::Duration::from_secs(2)),
+        ..Default::default()
+    })
+    .expect("sim");
+    let mut fwd = Forwarder::start(&sim, &format!("0:{}", echo_server()));
+    let (sent, got) = echo_round_trip(fwd.connect(), 64 << 10, 5);
+    assert_eq!(sent, got);
+    let status = support::wait_bounded(&mut fwd.child.0, 20).expect("forward still running");
+    assert_eq!(status.code(), Some(0), "{}", fwd.stderr_text());
+    let stats = sim.stats();
+    assert_eq!(stats.started, 1, "a new session was started: {stats:?}");
+    assert!(
+        fwd.stderr_text().contains("Exiting session with sessionId: "),
+        "{}",
+        fwd.stderr_text()
+    );
+    assert_eq!(sim.active_sessions(), 0);
+}

@@ -236,8 +236,8 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
 
 /// Serves a port-forwarding document like the official plugin: listen on `localPortNumber`
 /// (0 or absent: any free port) and print where, on stdout as it does (scripts wait for
-/// "Waiting for connections..."; stdout is no byte stream here). Unlike the official plugin, a
-/// session the service ends is replaced by a new one with the same document and parameters.
+/// "Waiting for connections..."; stdout is no byte stream here). A lost connection is resumed;
+/// a session the service ends (idle timeout, maximum duration, TerminateSession) ends this.
 async fn port_forward(
     aws: Aws,
     grant: SessionGrant,

@@ -184,9 +184,23 @@ async fn run_session(
         })
     });
     let mut finished: Option<String> = None;
+    // Client data resets the idle timeout; websocket pings do not (§16.4).
+    let mut last_activity = start;
 
     loop {
         let now = Instant::now();
+        if let Some(idle) = cfg.idle_timeout
+            && finished.is_none()
+            && now >= last_activity + idle
+        {
+            // As the service: channel_closed to both peers (§9.2).
+            tracing::info!(session = %plan.session_id, "sim: idle timeout");
+            targets.close();
+            if let Some(shell) = shell.as_mut() {
+                shell.kill();
+            }
+            finished = Some(String::new());
+        }
         while let Some(ev) = agent.poll_event() {
             match ev {
                 AgentEvent::Dial => match shell.as_mut() {
@@ -269,6 +283,7 @@ async fn run_session(
             agent.poll_timeout().map(Instant::from_std),
             delayed.peek().map(|d| d.0.0),
             drop_at.map(|d| link.opened + d),
+            cfg.idle_timeout.map(|t| last_activity + t),
             pause.0,
             pause.1,
         ]
@@ -304,6 +319,7 @@ async fn run_session(
                     match msg {
                         Some(Ok(Message::Binary(b))) => {
                             link.bytes += b.len() as u64;
+                            last_activity = now;
                             deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, b);
                         }
                         Some(Ok(Message::Text(t))) => deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, Bytes::from(t)),

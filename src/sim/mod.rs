@@ -66,6 +66,8 @@ pub struct SimConfig {
     pub allow_unsigned: bool,
     /// Access keys (id, secret) accepted beside the printed one, e.g. for rotating credentials.
     pub keys: Vec<(String, String)>,
+    /// End sessions with no client data for this long, as the service's idle timeout does.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for SimConfig {
@@ -89,6 +91,7 @@ impl Default for SimConfig {
             kms_bad_challenge: false,
             allow_unsigned: false,
             keys: Vec::new(),
+            idle_timeout: None,
         }
     }
 }

@@ -295,6 +295,14 @@ impl Driver {
                     Event::Closed { output } => {
                         // Everything acked before the close is owed to the local reader.
                         self.deliver_remaining(&local.output).await;
+                        if output.is_empty() {
+                            // The official client's channel_closed line (on its stdout; ours
+                            // is the byte stream in proxy mode).
+                            eprintln!(
+                                "Exiting session with sessionId: {}.",
+                                self.grant.session_id
+                            );
+                        }
                         return match output.is_empty() {
                             true => Ok(self.outcome(End::Closed)),
                             false => Err(DriveError::ClosedWithError(output)),
@@ -373,7 +381,16 @@ impl Driver {
             if lost {
                 // A signal must not wait for --resume-timeout.
                 tokio::select! {
-                    resumed = self.resume() => resumed?,
+                    resumed = self.resume() => match resumed {
+                        // Timed out or terminated while we were away: the official client
+                        // says so and exits 0 (§1.1).
+                        Err(DriveError::Gone) => {
+                            eprintln!("Session: {} timed out.", self.grant.session_id);
+                            self.deliver_remaining(&local.output).await;
+                            return Ok(self.outcome(End::Closed));
+                        }
+                        other => other?,
+                    },
                     sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
                 }
             }
@@ -398,6 +415,8 @@ impl Driver {
             .await?;
         self.session
             .set_data_key(Instant::now().into_std(), &key.plaintext, &key.ciphertext);
+        // What the official client shows (on stderr here: stdout may be the byte stream).
+        eprintln!("This session is encrypted using AWS KMS.");
         Ok(())
     }
 
