@@ -272,7 +272,8 @@ pub fn proxy_from_env(tls: bool) -> anyhow::Result<Option<(String, Proxy)>> {
 }
 
 /// Whether `NO_PROXY` exempts `host` (port `port`): `*`, exact names or IPs, domain suffixes
-/// (`example.com`, `.example.com`, `*.example.com`), each optionally with `:port`.
+/// (`example.com`, `.example.com`, `*.example.com`), each optionally with `:port`, and CIDR
+/// blocks (`10.0.0.0/8`, `fd00::/8`) for IP hosts.
 pub fn no_proxy(host: &str, port: u16) -> bool {
     env_first(&["NO_PROXY", "no_proxy"])
         .is_some_and(|(_, list)| no_proxy_matches(&list, host, port))
@@ -287,6 +288,9 @@ fn no_proxy_matches(list: &str, host: &str, port: u16) -> bool {
             if entry == "*" {
                 return true;
             }
+            if let Some((net, bits)) = entry.split_once('/') {
+                return in_cidr(&host, net, bits);
+            }
             let (name, entry_port) = match split_host_port(entry) {
                 Some((h, p)) => (h, p),
                 None => return false,
@@ -298,6 +302,28 @@ fn no_proxy_matches(list: &str, host: &str, port: u16) -> bool {
             let suffix = name.trim_start_matches("*.").trim_start_matches('.');
             host == suffix || host.ends_with(&format!(".{suffix}"))
         })
+}
+
+/// Whether the IP `host` lies in `net/bits` (false for names and malformed blocks).
+fn in_cidr(host: &str, net: &str, bits: &str) -> bool {
+    use std::net::IpAddr;
+    let (Ok(host), Ok(net), Ok(bits)) = (
+        host.parse::<IpAddr>(),
+        net.trim_matches(['[', ']']).parse::<IpAddr>(),
+        bits.parse::<u32>(),
+    ) else {
+        return false;
+    };
+    let (h, n, width) = match (host, net) {
+        (IpAddr::V4(h), IpAddr::V4(n)) => (u32::from(h) as u128, u32::from(n) as u128, 32),
+        (IpAddr::V6(h), IpAddr::V6(n)) => (u128::from(h), u128::from(n), 128),
+        _ => return false,
+    };
+    if bits > width {
+        return false;
+    }
+    let shift = width - bits;
+    bits == 0 || (h >> shift) == (n >> shift)
 }
 
 /// How the websocket reaches an endpoint: directly, or through this proxy.
@@ -545,6 +571,16 @@ mod tests {
             443
         ));
         assert!(no_proxy_matches("*", "anything", 1));
+        let cidrs = "10.0.0.0/8, 192.168.1.0/24,fd00::/8";
+        assert!(no_proxy_matches(cidrs, "10.1.2.3", 443));
+        assert!(no_proxy_matches(cidrs, "192.168.1.77", 443));
+        assert!(!no_proxy_matches(cidrs, "192.168.2.1", 443));
+        assert!(!no_proxy_matches(cidrs, "11.0.0.1", 443));
+        assert!(no_proxy_matches(cidrs, "fd12::1", 443));
+        assert!(!no_proxy_matches(cidrs, "fe80::1", 443));
+        assert!(!no_proxy_matches(cidrs, "ssmmessages.us-east-1.amazonaws.com", 443));
+        assert!(!no_proxy_matches("10.0.0.0/33", "10.0.0.1", 443));
+        assert!(no_proxy_matches("0.0.0.0/0", "8.8.8.8", 443));
     }
 
     #[test]
