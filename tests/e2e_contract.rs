@@ -34,14 +34,9 @@ fn upgrade_status(rt: &tokio::runtime::Runtime, url: &str, key: Option<(&str, &s
         if let Some((id, secret)) = key {
             let host = req.headers()["host"].to_str().expect("host").to_owned();
             let creds = aws_credential_types::Credentials::new(id, secret, None, None, "test");
-            let headers = ssm_proxy::aws::upgrade_headers(
-                &creds,
-                "us-east-1",
-                url,
-                &host,
-                SystemTime::now(),
-            )
-            .expect("sign");
+            let headers =
+                ssm_proxy::aws::upgrade_headers(&creds, "us-east-1", url, &host, SystemTime::now())
+                    .expect("sign");
             for (k, v) in headers {
                 req.headers_mut().insert(
                     http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
@@ -182,7 +177,10 @@ fn resume_signs_with_fresh_credentials() {
     let echoed = read.join().expect("reader").expect("echo");
     drop(writer.join().expect("writer"));
     assert_eq!(support::sha256(&echoed), support::sha256(&data));
-    assert!(support::wait_bounded(&mut child.0, 10).is_some(), "proxy did not exit");
+    assert!(
+        support::wait_bounded(&mut child.0, 10).is_some(),
+        "proxy did not exit"
+    );
     let stats = sim.stats();
     assert!(stats.drops >= 1 && stats.resumed >= 1, "{stats:?}");
     let signers = sim.service().signers();
@@ -209,7 +207,8 @@ fn idle_timeout_ends_a_forward_without_a_new_session() {
     let stats = sim.stats();
     assert_eq!(stats.started, 1, "a new session was started: {stats:?}");
     assert!(
-        fwd.stderr_text().contains("Exiting session with sessionId: "),
+        fwd.stderr_text()
+            .contains("Exiting session with sessionId: "),
         "{}",
         fwd.stderr_text()
     );

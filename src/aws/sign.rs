@@ -93,9 +93,8 @@ impl Aws {
             return Ok(Vec::new());
         }
         let credentials = self.signing_credentials().await?;
-        upgrade_headers(&credentials, &self.region, url, host, SystemTime::now()).map_err(|e| {
-            AwsError::Other(format!("could not sign the data-channel request: {e}"))
-        })
+        upgrade_headers(&credentials, &self.region, url, host, SystemTime::now())
+            .map_err(|e| AwsError::Other(format!("could not sign the data-channel request: {e}")))
     }
 
     async fn signing_credentials(&self) -> Result<Credentials, AwsError> {

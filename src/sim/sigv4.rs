@@ -62,9 +62,7 @@ pub fn verify(
     if !date.starts_with(day) {
         return Err("X-Amz-Date and the credential scope disagree".into());
     }
-    let skew = now
-        .duration_since(time)
-        .unwrap_or_else(|e| e.duration());
+    let skew = now.duration_since(time).unwrap_or_else(|e| e.duration());
     if skew > MAX_SKEW {
         return Err(format!("signature date {date} is {} s off", skew.as_secs()));
     }
@@ -158,7 +156,9 @@ mod tests {
     fn dates_parse() {
         let t = parse_amz_date("20251205T020000Z").expect("date");
         assert_eq!(
-            t.duration_since(SystemTime::UNIX_EPOCH).expect("after").as_secs(),
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after")
+                .as_secs(),
             1_764_900_000
         );
         assert!(parse_amz_date("2025-12-05T02:00:00Z").is_none());
@@ -177,10 +177,7 @@ mod tests {
         let bad = [
             (signed(&wrong_secret, REGION, now), "mismatch"),
             (signed(&good, "eu-west-1", now), "region"),
-            (
-                signed(&good, REGION, now - Duration::from_secs(600)),
-                "off",
-            ),
+            (signed(&good, REGION, now - Duration::from_secs(600)), "off"),
             (http::HeaderMap::new(), "unsigned"),
         ];
         for (headers, why) in bad {

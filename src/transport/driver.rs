@@ -298,10 +298,7 @@ impl Driver {
                         if output.is_empty() {
                             // The official client's channel_closed line (on its stdout; ours
                             // is the byte stream in proxy mode).
-                            eprintln!(
-                                "Exiting session with sessionId: {}.",
-                                self.grant.session_id
-                            );
+                            eprintln!("Exiting session with sessionId: {}.", self.grant.session_id);
                         }
                         return match output.is_empty() {
                             true => Ok(self.outcome(End::Closed)),

@@ -100,7 +100,10 @@ mod tests {
             ("wss://ssmmessages-fips.us-east-1.amazonaws.com", true),
             ("wss://ssmmessages.eu-west-1.api.aws", true),
             ("wss://ssmmessages.cn-north-1.amazonaws.com.cn", true),
-            ("wss://ssmmessages.cn-north-1.api.amazonwebservices.com.cn", true),
+            (
+                "wss://ssmmessages.cn-north-1.api.amazonwebservices.com.cn",
+                true,
+            ),
             ("wss://ssmmessages.us-iso-east-1.c2s.ic.gov", true),
             (
                 "wss://vpce-0123456789abcdef0-abcdefgh.ssmmessages.eu-west-1.vpce.amazonaws.com",
@@ -120,14 +123,26 @@ mod tests {
             ("ws://ssmmessages.us-east-1.amazonaws.com", false),
             ("ws://10.0.0.1:8080", false),
             // Look-alikes and other services.
-            ("wss://ssmmessages.us-east-1.amazonaws.com.evil.example", false),
-            ("wss://evil.example/ssmmessages.us-east-1.amazonaws.com", false),
-            ("wss://ssmmessages.us-east-1.amazonaws.com@evil.example", false),
+            (
+                "wss://ssmmessages.us-east-1.amazonaws.com.evil.example",
+                false,
+            ),
+            (
+                "wss://evil.example/ssmmessages.us-east-1.amazonaws.com",
+                false,
+            ),
+            (
+                "wss://ssmmessages.us-east-1.amazonaws.com@evil.example",
+                false,
+            ),
             ("wss://ssm.us-east-1.amazonaws.com", false),
             ("wss://x.ssmmessages.us-east-1.amazonaws.com", false),
             ("wss://ssmmessages.amazonaws.com", false),
             ("wss://ssmmessages.us-east-1.vpce.amazonaws.com", false),
-            ("wss://vpce-1.ssmmessages.us-east-1.amazonaws.com.cn.evil", false),
+            (
+                "wss://vpce-1.ssmmessages.us-east-1.amazonaws.com.cn.evil",
+                false,
+            ),
             ("wss://ssmmessages.us_east_1.amazonaws.com", false),
             ("https://ssmmessages.us-east-1.amazonaws.com", true),
             ("ftp://ssmmessages.us-east-1.amazonaws.com", false),

@@ -578,7 +578,11 @@ mod tests {
         assert!(!no_proxy_matches(cidrs, "11.0.0.1", 443));
         assert!(no_proxy_matches(cidrs, "fd12::1", 443));
         assert!(!no_proxy_matches(cidrs, "fe80::1", 443));
-        assert!(!no_proxy_matches(cidrs, "ssmmessages.us-east-1.amazonaws.com", 443));
+        assert!(!no_proxy_matches(
+            cidrs,
+            "ssmmessages.us-east-1.amazonaws.com",
+            443
+        ));
         assert!(!no_proxy_matches("10.0.0.0/33", "10.0.0.1", 443));
         assert!(no_proxy_matches("0.0.0.0/0", "8.8.8.8", 443));
     }
