@@ -575,6 +575,11 @@ impl Session {
         self.outbox.is_empty()
     }
 
+    /// Whether KMS encryption is set up (§6).
+    pub fn is_encrypted(&self) -> bool {
+        self.cipher.is_some()
+    }
+
     /// Whether the channel is over (closed by the service or failed).
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed

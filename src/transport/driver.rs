@@ -281,6 +281,11 @@ impl Driver {
                         agent_version,
                     } => {
                         tracing::info!(?kind, %agent_version, "session ready");
+                        if self.session.is_encrypted() {
+                            // What the official client shows (on stderr: stdout may be the
+                            // byte stream).
+                            eprintln!("This session is encrypted using AWS KMS.");
+                        }
                         if let Some(tx) = ready.take() {
                             let _ = tx.send(kind);
                         }
@@ -412,8 +417,6 @@ impl Driver {
             .await?;
         self.session
             .set_data_key(Instant::now().into_std(), &key.plaintext, &key.ciphertext);
-        // What the official client shows (on stderr here: stdout may be the byte stream).
-        eprintln!("This session is encrypted using AWS KMS.");
         Ok(())
     }
 
