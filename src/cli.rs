@@ -539,6 +539,11 @@ pub struct SimArgs {
     /// is booting (repeatable).
     #[arg(long, value_name = "TARGET=SECONDS", value_parser = parse_online_after)]
     pub online_after: Vec<(String, std::time::Duration)>,
+
+    /// Accept data-channel upgrades that are not SigV4-signed, as from session-manager-plugin
+    /// older than 1.2.764.0 (by default they are refused with HTTP 403, as by the service).
+    #[arg(long)]
+    pub allow_unsigned: bool,
 }
 
 fn parse_online_after(s: &str) -> Result<(String, std::time::Duration), String> {

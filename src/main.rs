@@ -93,15 +93,13 @@ fn plugin_main(invocation: front::plugin::Invocation) -> i32 {
             return 0;
         }
         Invocation::Installed => {
-            println!("{}", front::plugin::installed_message());
+            print!("{}", front::plugin::installed_message());
             return 0;
         }
-        Invocation::Unknown(what) => {
-            eprintln!(
-                "ssm-proxy: unknown session-manager-plugin arguments {what:?}: the AWS CLI runs \
-                 it (aws ssm start-session); see ssm-proxy --help for ssm-proxy's own modes"
-            );
-            return 2;
+        Invocation::Unknown(first) => {
+            // As the official plugin: on stdout, status 0.
+            print!("{}", front::plugin::unknown_message(&first));
+            return 0;
         }
         Invocation::Session(args) => args,
     };
@@ -153,6 +151,10 @@ fn fail(err: &anyhow::Error) -> u8 {
             err.chain().find_map(
                 |e| match e.downcast_ref::<ssm_proxy::transport::DriveError>() {
                     Some(ssm_proxy::transport::DriveError::Aws(a)) => Some(a.exit_code()),
+                    Some(
+                        d @ (ssm_proxy::transport::DriveError::Forbidden(_)
+                        | ssm_proxy::transport::DriveError::StreamUrl(_)),
+                    ) => Some(d.exit_code()),
                     _ => None,
                 },
             )

@@ -76,19 +76,38 @@ fn version_and_installed_forms() {
         started.elapsed() < Duration::from_secs(1),
         "--version is slow"
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.2.707.0\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", ssm_proxy::proto::session::CLIENT_VERSION)
+    );
+    // At least the oldest release AWS supports (1.2.764.0), in the CLI's `^\d+(\.\d+){0,3}$`.
+    let parts: Vec<u32> = ssm_proxy::proto::session::CLIENT_VERSION
+        .split('.')
+        .map(|p| p.parse().expect("numeric"))
+        .collect();
+    assert!(parts.len() == 4 && parts >= vec![1, 2, 764, 0], "{parts:?}");
     assert!(out.stderr.is_empty());
 
+    // The official texts, on stdout, status 0 (the ECS CLI probes the first on every call).
     let out = run_ok(&mut Command::new(&link), 5);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("installed"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "\nThe Session Manager plugin was installed successfully. Use the AWS CLI to start a \
+         session.\n\n"
     );
-
-    let out = run_with_timeout(Command::new(&link).arg("bogus"), 5);
+    for args in [&["bogus"][..], &["bogus", "more"]] {
+        let out = run_ok(Command::new(&link).args(args), 5);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "\nUnknown operation bogus. \nUse session-manager-plugin --version to check the \
+             version.\n\n"
+        );
+        assert!(out.stderr.is_empty());
+    }
+    // Four or more arguments are a hand-off; an operation other than StartSession fails.
+    let out = run_with_timeout(Command::new(&link).args(["{}", "us-east-1", "Bogus"]), 5);
     let line = one_line_failure(&out);
-    assert_eq!(out.status.code(), Some(2), "{line}");
+    assert!(line.contains("unknown operation"), "{line}");
 
     // The normal binary name keeps its own --version.
     let out = run_ok(Command::new(proxy_bin()).arg("--version"), 5);

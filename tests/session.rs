@@ -98,7 +98,10 @@ fn handshake_is_acked_answered_once_and_gates_input() {
     assert!(
         std::str::from_utf8(&resp[0].payload)
             .unwrap()
-            .contains(r#""ClientVersion":"1.2.707.0""#)
+            .contains(&format!(
+                r#""ClientVersion":"{}""#,
+                ssm_proxy::proto::session::CLIENT_VERSION
+            ))
     );
     assert!(!s.can_accept_input(), "no data before HandshakeComplete");
     // A retransmitted request is re-acked, never answered again.

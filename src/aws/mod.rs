@@ -9,8 +9,10 @@ mod http;
 mod identity;
 mod inventory;
 mod kms;
+mod sign;
 
 pub use http::ca_bundle;
+pub use sign::{SERVICE as SIGNING_SERVICE, is_presigned, upgrade_headers};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -79,6 +81,8 @@ pub struct Aws {
     /// Sessions whose TerminateSession did not go through in time (throttled, unreachable):
     /// [`Aws::terminate_pending`] retries them once the local side is released.
     unterminated: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Credentials that sign the data-channel upgrade (`sign.rs`).
+    signing: sign::SigningCache,
 }
 
 /// Attempts per SSM call. Each `ssh` is its own process with one StartSession, so the SDK's
@@ -201,6 +205,7 @@ impl Aws {
             reason: opts.reason.clone(),
             sdk,
             unterminated: Default::default(),
+            signing: Default::default(),
         })
     }
 

@@ -109,6 +109,15 @@ async fn serve(forwards: Vec<(Forward, TcpListener, Option<SessionGrant>)>) -> a
     }
 }
 
+/// Whether a session failed because the service ended it (channel_closed with a reason, or
+/// gone while disconnected).
+fn ended_by_service(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<DriveError>(),
+        Some(DriveError::ClosedWithError(_) | DriveError::Gone)
+    )
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -130,7 +139,8 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// Runs sessions for this listener: a session the service ends is replaced by a new one.
+    /// Runs sessions for this listener: one that fails on our side is replaced by a new one, one
+    /// the service ends is not.
     async fn serve(
         self,
         listener: TcpListener,
@@ -143,6 +153,10 @@ impl Forward {
             let result = self.session(&listener, grant.take(), &mut stop).await;
             match result {
                 Ok(End::Signal(_)) | Ok(End::LocalGone) => return Ok(()),
+                // The service (idle timeout, maximum duration, an administrator) ended it:
+                // no new session behind anyone's back.
+                Ok(End::Closed) => return Ok(()),
+                Err(e) if ended_by_service(&e) => return Err(e),
                 Ok(end) => tracing::warn!(?end, "session ended; starting a new one"),
                 Err(e) if first => return Err(e),
                 Err(e) => {
@@ -204,20 +218,19 @@ impl Forward {
             Some(())
         };
         tokio::pin!(engine);
+        // A finished engine must not be polled again.
+        let mut engine_done = false;
         let outcome = loop {
             tokio::select! {
                 res = &mut driver_task => break res,
                 sig = stop.recv() => {
                     let _ = signal_tx.send(sig.unwrap_or(os::SIGINT)).await;
                 }
-                _ = &mut engine => {}
+                _ = &mut engine, if !engine_done => engine_done = true,
             }
         };
         match outcome.context("session task panicked")? {
             Ok(outcome) => Ok(outcome.end),
-            Err(DriveError::ClosedWithError(why)) => {
-                Err(anyhow::anyhow!("session closed by the service: {why}"))
-            }
             Err(e) => Err(e.into()),
         }
     }

@@ -25,13 +25,14 @@ use crate::cli::UsageError;
 use crate::front::forward::{self, Forward};
 use crate::front::{proxy, shell};
 use crate::os;
+use crate::proto::session::CLIENT_VERSION;
 use crate::transport::websocket::{self, NetConfig};
 
 /// The name the AWS CLI runs.
 pub const PLUGIN_NAME: &str = "session-manager-plugin";
 
-/// What `--version` answers: above 1.2.497.0, the minimum for the env-var hand-off.
-pub const PLUGIN_VERSION: &str = "1.2.707.0";
+/// What `--version` answers: the official release we match ([`CLIENT_VERSION`]'s comment).
+pub const PLUGIN_VERSION: &str = CLIENT_VERSION;
 
 /// Prefix of the env var that carries the StartSession response.
 pub const RESPONSE_ENV: &str = "AWS_SSM_START_SESSION_RESPONSE";
@@ -43,7 +44,8 @@ pub enum Invocation {
     Installed,
     /// `--version`.
     Version,
-    /// Anything the plugin does not understand.
+    /// One or two arguments other than `--version` (the first one here): the official plugin
+    /// prints "Unknown operation" and exits 0.
     Unknown(String),
     /// A session handed over by the AWS CLI.
     Session(PluginArgs),
@@ -111,7 +113,8 @@ pub fn detect(args: &[OsString]) -> Option<Invocation> {
     Some(match text.len() {
         0 | 1 => Invocation::Installed,
         2 if text[1] == "--version" => Invocation::Version,
-        n if n >= 4 && text[3] == "StartSession" => Invocation::Session(PluginArgs {
+        // Any operation: `run` refuses all but StartSession.
+        n if n >= 4 => Invocation::Session(PluginArgs {
             response: text[1].clone(),
             region: text[2].clone(),
             operation: text[3].clone(),
@@ -119,17 +122,23 @@ pub fn detect(args: &[OsString]) -> Option<Invocation> {
             request: text.get(5).cloned(),
             endpoint: text.get(6).cloned().filter(|e| !e.is_empty()),
         }),
-        _ => Invocation::Unknown(text[1..].join(" ")),
+        _ => Invocation::Unknown(text[1].clone()),
     })
 }
 
-/// The line printed when run without arguments.
-pub fn installed_message() -> String {
+/// What the official plugin prints on stdout when run without arguments (exit 0); the ECS
+/// CLI probes this on every call.
+pub fn installed_message() -> &'static str {
+    "\nThe Session Manager plugin was installed successfully. Use the AWS CLI to start a \
+     session.\n\n"
+}
+
+/// What the official plugin prints on stdout, exiting 0, for one or two arguments other than
+/// `--version`; `first` is the first argument.
+pub fn unknown_message(first: &str) -> String {
     format!(
-        "ssm-proxy {} is installed as {PLUGIN_NAME} (plugin version {PLUGIN_VERSION}). \
-         Use the AWS CLI to start a session, e.g. aws ssm start-session --target i-… \
-         --document-name AWS-StartSSHSession",
-        env!("CARGO_PKG_VERSION")
+        "\nUnknown operation {first}. \nUse session-manager-plugin --version to check the \
+         version.\n\n"
     )
 }
 
@@ -228,8 +237,8 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
 
 /// Serves a port-forwarding document like the official plugin: listen on `localPortNumber`
 /// (0 or absent: any free port) and print where, on stdout as it does (scripts wait for
-/// "Waiting for connections..."; stdout is no byte stream here). Unlike the official plugin, a
-/// session the service ends is replaced by a new one with the same document and parameters.
+/// "Waiting for connections..."; stdout is no byte stream here). A lost connection is resumed;
+/// a session the service ends (idle timeout, maximum duration, TerminateSession) ends this.
 async fn port_forward(
     aws: Aws,
     grant: SessionGrant,

@@ -36,6 +36,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
             crate::sim::ApiLimit::new(n, burst)
         }),
         online_after: args.online_after,
+        allow_unsigned: args.allow_unsigned,
         ..Default::default()
     };
     let server = SimServer::bind(config, args.listen.ip(), args.listen.port()).await?;

@@ -22,8 +22,12 @@ use super::payload::{Acknowledge, ChannelClosed, HandshakeComplete, HandshakeReq
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-/// Version we report; realistic and above every threshold of §5.5 (pitfall 9).
-pub const CLIENT_VERSION: &str = "1.2.707.0";
+/// Version we report, in the OpenDataChannelInput, the handshake and the drop-in's
+/// `--version`: the newest official session-manager-plugin release (1.2.896.0, 2026-10, from
+/// its release notes; protocol.md §16.1). AWS names 1.2.764.0 the oldest supported plugin, the
+/// AWS CLI requires more than 1.2.497.0, and §5.5's thresholds are all below (pitfall 9).
+/// Raise it with each official release that changes what the service or agent expect.
+pub const CLIENT_VERSION: &str = "1.2.896.0";
 
 /// Tunables of a session.
 #[derive(Debug, Clone)]
@@ -569,6 +573,11 @@ impl Session {
     /// Whether all input sent so far has been acknowledged.
     pub fn all_acked(&self) -> bool {
         self.outbox.is_empty()
+    }
+
+    /// Whether KMS encryption is set up (§6).
+    pub fn is_encrypted(&self) -> bool {
+        self.cipher.is_some()
     }
 
     /// Whether the channel is over (closed by the service or failed).

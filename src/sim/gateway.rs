@@ -73,15 +73,40 @@ async fn accept(stream: TcpStream, service: Arc<Service>) {
         return;
     }
     let mut path = String::new();
+    let mut signer = None;
     // The error type is tungstenite's, not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
         path = req.uri().path().to_owned();
+        let host = req
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        let uri = format!("http://{host}{}", req.uri());
+        let keys = service.signing_keys();
+        let now = std::time::SystemTime::now();
+        match super::sigv4::verify("GET", &uri, req.headers(), &keys, now) {
+            Ok(key) => signer = Some(key),
+            Err(_) if service.config().allow_unsigned => {}
+            Err(why) => {
+                tracing::info!(%why, "upgrade refused");
+                let body = format!(
+                    "{{\"message\":\"Forbidden: the OpenDataChannel request must be SigV4-signed: {why}\"}}"
+                );
+                let mut refused = http::Response::new(Some(body));
+                *refused.status_mut() = http::StatusCode::FORBIDDEN;
+                return Err(refused);
+            }
+        }
         Ok(resp)
     };
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
         return;
     };
+    if let Some(key) = signer {
+        service.signed_by(key);
+    }
     let session_id = path
         .strip_prefix("/v1/data-channel/")
         .unwrap_or_default()
@@ -159,9 +184,23 @@ async fn run_session(
         })
     });
     let mut finished: Option<String> = None;
+    // Client data resets the idle timeout; websocket pings do not (§16.4).
+    let mut last_activity = start;
 
     loop {
         let now = Instant::now();
+        if let Some(idle) = cfg.idle_timeout
+            && finished.is_none()
+            && now >= last_activity + idle
+        {
+            // As the service: channel_closed to both peers (§9.2).
+            tracing::info!(session = %plan.session_id, "sim: idle timeout");
+            targets.close();
+            if let Some(shell) = shell.as_mut() {
+                shell.kill();
+            }
+            finished = Some(String::new());
+        }
         while let Some(ev) = agent.poll_event() {
             match ev {
                 AgentEvent::Dial => match shell.as_mut() {
@@ -244,6 +283,7 @@ async fn run_session(
             agent.poll_timeout().map(Instant::from_std),
             delayed.peek().map(|d| d.0.0),
             drop_at.map(|d| link.opened + d),
+            cfg.idle_timeout.map(|t| last_activity + t),
             pause.0,
             pause.1,
         ]
@@ -279,6 +319,7 @@ async fn run_session(
                     match msg {
                         Some(Ok(Message::Binary(b))) => {
                             link.bytes += b.len() as u64;
+                            last_activity = now;
                             deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, b);
                         }
                         Some(Ok(Message::Text(t))) => deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, Bytes::from(t)),

@@ -14,6 +14,7 @@ pub mod kms;
 pub mod pair;
 pub mod service;
 pub mod shell;
+pub mod sigv4;
 pub mod target;
 pub mod throttle;
 
@@ -69,6 +70,12 @@ pub struct SimConfig {
     /// Targets that answer `TargetNotConnected` (and show `ConnectionLost`) until this long
     /// after the simulator started: instances still booting.
     pub online_after: Vec<(String, std::time::Duration)>,
+    /// Accept unsigned websocket upgrades, as from clients older than 1.2.764.0 (§16.1).
+    pub allow_unsigned: bool,
+    /// Access keys (id, secret) accepted beside the printed one, e.g. for rotating credentials.
+    pub keys: Vec<(String, String)>,
+    /// End sessions with no client data for this long, as the service's idle timeout does.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for SimConfig {
@@ -92,9 +99,17 @@ impl Default for SimConfig {
             kms_bad_challenge: false,
             api_limit: None,
             online_after: Vec::new(),
+            allow_unsigned: false,
+            keys: Vec::new(),
+            idle_timeout: None,
         }
     }
 }
+
+/// The access key the simulator prints for its clients.
+pub const ACCESS_KEY: &str = "AKIASIMULATOR000000";
+/// Its secret.
+pub const SECRET_KEY: &str = "simulator-secret";
 
 /// A running simulator bound to loopback.
 pub struct SimServer {
@@ -136,11 +151,11 @@ impl SimServer {
     pub fn env(&self) -> Vec<(String, String)> {
         [
             ("AWS_ENDPOINT_URL_SSM", self.endpoint()),
-            ("AWS_ACCESS_KEY_ID", "AKIASIMULATOR000000".into()),
-            ("AWS_SECRET_ACCESS_KEY", "simulator-secret".into()),
-            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", sigv4::REGION.into()),
             // AWS CLI v1 reads only this one.
-            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+            ("AWS_DEFAULT_REGION", sigv4::REGION.into()),
             ("AWS_CONFIG_FILE", "/dev/null".into()),
             ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
             ("AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT", self.endpoint()),

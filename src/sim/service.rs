@@ -71,6 +71,8 @@ pub struct Service {
     born: std::time::Instant,
     /// (session id, Reason) of every StartSession that gave one: the session history's audit trail.
     reasons: Mutex<Vec<(String, String)>>,
+    /// The access key of every signed upgrade accepted, in order.
+    signers: Mutex<Vec<String>>,
 }
 
 impl Service {
@@ -97,6 +99,7 @@ impl Service {
             encrypted: AtomicU64::new(0),
             outage_until: Mutex::new(None),
             reasons: Mutex::new(Vec::new()),
+            signers: Mutex::new(Vec::new()),
         }
     }
 
@@ -111,6 +114,28 @@ impl Service {
     /// The configuration.
     pub fn config(&self) -> &SimConfig {
         &self.config
+    }
+
+    /// The keys whose signatures the gateway accepts: the printed one and the configured extras.
+    pub fn signing_keys(&self) -> Vec<(String, String)> {
+        let mut keys = vec![(super::ACCESS_KEY.to_owned(), super::SECRET_KEY.to_owned())];
+        keys.extend(self.config.keys.iter().cloned());
+        keys
+    }
+
+    pub(crate) fn signed_by(&self, key: String) {
+        self.signers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(key);
+    }
+
+    /// The access key of every signed upgrade accepted so far, in order.
+    pub fn signers(&self) -> Vec<String> {
+        self.signers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// `ws://ip:port` of the gateway.

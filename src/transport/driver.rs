@@ -119,6 +119,16 @@ pub enum DriveError {
     /// Resuming failed for longer than allowed.
     #[error("connection lost and not resumed within {0} s: {1}")]
     ResumeTimeout(u64, String),
+    /// The service refused the signed upgrade (HTTP 403).
+    #[error(
+        "the service refused to open the data channel to {0} (HTTP 403 to the signed request): \
+         refresh the AWS credentials (e.g. aws sso login), check the system clock and that the \
+         policy allows ssmmessages:OpenDataChannel"
+    )]
+    Forbidden(String),
+    /// The StreamUrl is not one the session token may be sent to (§16.1).
+    #[error("{0}")]
+    StreamUrl(String),
     /// The session no longer exists on the service.
     #[error("the session ended while disconnected (ResumeSession returned no token)")]
     Gone,
@@ -130,6 +140,8 @@ impl DriveError {
         match self {
             Self::Aws(e) => e.exit_code(),
             Self::Dial { .. } | Self::ResumeTimeout(..) => 69,
+            Self::StreamUrl(_) => 78,
+            Self::Forbidden(_) => 77,
             _ => 1,
         }
     }
@@ -168,19 +180,17 @@ impl Driver {
         mut config: DriverConfig,
     ) -> Result<Self, DriveError> {
         let client_id = uuid::Uuid::new_v4().to_string();
+        websocket::check_url(&grant.stream_url).map_err(DriveError::StreamUrl)?;
         let mut attempt = 0;
         let ws = loop {
-            match websocket::open(&grant.stream_url, &grant.token, &client_id).await {
+            match websocket::open(&grant.stream_url, &grant.token, &client_id, &aws).await {
                 Ok(ws) => break ws,
+                Err(e) if websocket::forbidden(&e) => {
+                    return Err(DriveError::Forbidden(shown_url(&grant.stream_url)));
+                }
                 Err(e) if attempt >= 3 => {
-                    let url = grant
-                        .stream_url
-                        .split('?')
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
                     return Err(DriveError::Dial {
-                        url,
+                        url: shown_url(&grant.stream_url),
                         detail: format!("{e:#}"),
                     });
                 }
@@ -274,6 +284,11 @@ impl Driver {
                         agent_version,
                     } => {
                         tracing::info!(?kind, %agent_version, "session ready");
+                        if self.session.is_encrypted() {
+                            // What the official client shows (on stderr: stdout may be the
+                            // byte stream).
+                            eprintln!("This session is encrypted using AWS KMS.");
+                        }
                         if let Some(tx) = ready.take() {
                             let _ = tx.send(kind);
                         }
@@ -288,6 +303,11 @@ impl Driver {
                     Event::Closed { output } => {
                         // Everything acked before the close is owed to the local reader.
                         self.deliver_remaining(&local.output).await;
+                        if output.is_empty() {
+                            // The official client's channel_closed line (on its stdout; ours
+                            // is the byte stream in proxy mode).
+                            eprintln!("Exiting session with sessionId: {}.", self.grant.session_id);
+                        }
                         return match output.is_empty() {
                             true => Ok(self.outcome(End::Closed)),
                             false => Err(DriveError::ClosedWithError(output)),
@@ -375,15 +395,22 @@ impl Driver {
                     sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
                 };
                 let took = started.elapsed().as_secs_f64();
-                match &resumed {
+                match resumed {
                     Ok(()) => {
                         tracing::warn!(target: "ssm_proxy::notice", "reconnected after {took:.1} s; the session goes on")
                     }
-                    Err(_) => {
-                        tracing::warn!(target: "ssm_proxy::notice", "could not reconnect; giving up after {took:.0} s")
+                    // Timed out or terminated while we were away: the official client says so
+                    // and exits 0 (§1.1).
+                    Err(DriveError::Gone) => {
+                        eprintln!("Session: {} timed out.", self.grant.session_id);
+                        self.deliver_remaining(&local.output).await;
+                        return Ok(self.outcome(End::Closed));
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "ssm_proxy::notice", "could not reconnect; giving up after {took:.0} s");
+                        return Err(e);
                     }
                 }
-                resumed?;
             }
         }
     }
@@ -503,6 +530,7 @@ impl Driver {
             match self.aws.resume_session(&self.grant.session_id).await {
                 Ok(Some(grant)) => {
                     if !grant.stream_url.is_empty() {
+                        websocket::check_url(&grant.stream_url).map_err(DriveError::StreamUrl)?;
                         self.grant.stream_url = grant.stream_url;
                     }
                     self.grant.token = grant.token;
@@ -510,6 +538,7 @@ impl Driver {
                         &self.grant.stream_url,
                         &self.grant.token,
                         &self.client_id,
+                        &self.aws,
                     )
                     .await
                     {
@@ -563,6 +592,11 @@ fn split(ws: Ws) -> (mpsc::UnboundedSender<Message>, SplitStream<Ws>) {
         let _ = sink.close().await;
     });
     (tx, stream)
+}
+
+/// A StreamUrl as shown to the user: without its query.
+fn shown_url(url: &str) -> String {
+    url.split('?').next().unwrap_or_default().to_owned()
 }
 
 fn unix_ms() -> u64 {

@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod stdio;
+pub mod stream_url;
 pub mod websocket;
 
 pub use driver::{DriveError, Driver, DriverConfig, End, Input, Local, Outcome};

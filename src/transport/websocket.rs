@@ -18,6 +18,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::aws::Aws;
 use crate::proto::payload::OpenDataChannelInput;
 use crate::proto::session::CLIENT_VERSION;
 
@@ -269,7 +272,8 @@ pub fn proxy_from_env(tls: bool) -> anyhow::Result<Option<(String, Proxy)>> {
 }
 
 /// Whether `NO_PROXY` exempts `host` (port `port`): `*`, exact names or IPs, domain suffixes
-/// (`example.com`, `.example.com`, `*.example.com`), each optionally with `:port`.
+/// (`example.com`, `.example.com`, `*.example.com`), each optionally with `:port`, and CIDR
+/// blocks (`10.0.0.0/8`, `fd00::/8`) for IP hosts.
 pub fn no_proxy(host: &str, port: u16) -> bool {
     env_first(&["NO_PROXY", "no_proxy"])
         .is_some_and(|(_, list)| no_proxy_matches(&list, host, port))
@@ -284,6 +288,9 @@ fn no_proxy_matches(list: &str, host: &str, port: u16) -> bool {
             if entry == "*" {
                 return true;
             }
+            if let Some((net, bits)) = entry.split_once('/') {
+                return in_cidr(&host, net, bits);
+            }
             let (name, entry_port) = match split_host_port(entry) {
                 Some((h, p)) => (h, p),
                 None => return false,
@@ -295,6 +302,28 @@ fn no_proxy_matches(list: &str, host: &str, port: u16) -> bool {
             let suffix = name.trim_start_matches("*.").trim_start_matches('.');
             host == suffix || host.ends_with(&format!(".{suffix}"))
         })
+}
+
+/// Whether the IP `host` lies in `net/bits` (false for names and malformed blocks).
+fn in_cidr(host: &str, net: &str, bits: &str) -> bool {
+    use std::net::IpAddr;
+    let (Ok(host), Ok(net), Ok(bits)) = (
+        host.parse::<IpAddr>(),
+        net.trim_matches(['[', ']']).parse::<IpAddr>(),
+        bits.parse::<u32>(),
+    ) else {
+        return false;
+    };
+    let (h, n, width) = match (host, net) {
+        (IpAddr::V4(h), IpAddr::V4(n)) => (u32::from(h) as u128, u32::from(n) as u128, 32),
+        (IpAddr::V6(h), IpAddr::V6(n)) => (u128::from(h), u128::from(n), 128),
+        _ => return false,
+    };
+    if bits > width {
+        return false;
+    }
+    let shift = width - bits;
+    bits == 0 || (h >> shift) == (n >> shift)
 }
 
 /// How the websocket reaches an endpoint: directly, or through this proxy.
@@ -347,10 +376,33 @@ async fn connect_tcp(ep: &Endpoint, proxy: Option<&Proxy>) -> anyhow::Result<Tcp
     Ok(tcp)
 }
 
-/// TCP (maybe through a proxy), TLS for wss, and the websocket upgrade.
-async fn dial(url: &str) -> anyhow::Result<Ws> {
+/// TCP (maybe through a proxy), TLS for wss, and the websocket upgrade; `aws` signs the
+/// upgrade (§16.1), `None` dials unsigned (`doctor`'s probe).
+async fn dial(url: &str, aws: Option<&Aws>) -> anyhow::Result<Ws> {
     let ep = Endpoint::parse(url)?;
     let proxy = route(&ep)?;
+    let mut request = url.into_client_request()?;
+    if let Some(aws) = aws {
+        // Signed as tungstenite will send it: the URL's authority without user info.
+        let host = request
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        match aws.sign_upgrade(url, &host).await {
+            Ok(headers) => {
+                for (k, v) in headers {
+                    request.headers_mut().insert(
+                        http::HeaderName::from_bytes(k.as_bytes())?,
+                        http::HeaderValue::from_str(&v)?,
+                    );
+                }
+            }
+            // As the official client: an unsigned upgrade, which the service may refuse.
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
     let tcp = connect_tcp(&ep, proxy.as_ref()).await?;
     let connector = if ep.tls {
         Some(Connector::Rustls(tls_config()?))
@@ -358,15 +410,25 @@ async fn dial(url: &str) -> anyhow::Result<Ws> {
         None
     };
     let (ws, _) =
-        tokio_tungstenite::client_async_tls_with_config(url, tcp, None, connector).await?;
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, None, connector).await?;
     Ok(ws)
 }
 
-/// Dials the stream URL and authenticates with `token`. `client_id` stays the same for the life
-/// of the process, across reconnects (§10).
-pub async fn open(url: &str, token: &str, client_id: &str) -> anyhow::Result<Ws> {
+/// Whether the session token may be sent to `url` (§16.1): one line naming the URL and the fix
+/// when not. An endpoint override replaces the host, and is trusted as the user's choice.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if net().endpoint_override.is_some() {
+        return Ok(());
+    }
+    super::stream_url::refuse(url).map_or(Ok(()), Err)
+}
+
+/// Dials the stream URL, signing the upgrade with `aws`'s credentials, and authenticates with
+/// `token`. `client_id` stays the same for the life of the process, across reconnects (§10).
+/// The caller has checked the URL with [`check_url`].
+pub async fn open(url: &str, token: &str, client_id: &str, aws: &Aws) -> anyhow::Result<Ws> {
     let target = effective_url(url)?;
-    let dialled = tokio::time::timeout(DIAL_TIMEOUT, dial(&target))
+    let dialled = tokio::time::timeout(DIAL_TIMEOUT, dial(&target, Some(aws)))
         .await
         .map_err(|_| anyhow::anyhow!("timed out after {} s", DIAL_TIMEOUT.as_secs()))
         .and_then(|r| r);
@@ -390,6 +452,16 @@ pub async fn open(url: &str, token: &str, client_id: &str) -> anyhow::Result<Ws>
     Ok(ws)
 }
 
+/// Whether a failed [`open`] was the gateway refusing the upgrade with HTTP 403.
+pub fn forbidden(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
+            Some(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 403
+        )
+    })
+}
+
 /// Checks that the data-channel endpoint answers (`ssm-proxy doctor`): proxy, TCP, TLS and an
 /// HTTP answer to a websocket upgrade without a session. Returns what was reached.
 pub async fn probe(url: &str) -> anyhow::Result<String> {
@@ -400,7 +472,7 @@ pub async fn probe(url: &str) -> anyhow::Result<String> {
         None => String::new(),
     };
     let what = if ep.tls { "TLS and HTTP" } else { "HTTP" };
-    match tokio::time::timeout(Duration::from_secs(5), dial(&target)).await {
+    match tokio::time::timeout(Duration::from_secs(5), dial(&target, None)).await {
         Err(_) => anyhow::bail!("{} did not answer within 5 s{via}", ep.authority()),
         Ok(Ok(_)) => Ok(format!("{} answered ({what}){via}", ep.authority())),
         Ok(Err(e)) => match e.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
@@ -499,6 +571,20 @@ mod tests {
             443
         ));
         assert!(no_proxy_matches("*", "anything", 1));
+        let cidrs = "10.0.0.0/8, 192.168.1.0/24,fd00::/8";
+        assert!(no_proxy_matches(cidrs, "10.1.2.3", 443));
+        assert!(no_proxy_matches(cidrs, "192.168.1.77", 443));
+        assert!(!no_proxy_matches(cidrs, "192.168.2.1", 443));
+        assert!(!no_proxy_matches(cidrs, "11.0.0.1", 443));
+        assert!(no_proxy_matches(cidrs, "fd12::1", 443));
+        assert!(!no_proxy_matches(cidrs, "fe80::1", 443));
+        assert!(!no_proxy_matches(
+            cidrs,
+            "ssmmessages.us-east-1.amazonaws.com",
+            443
+        ));
+        assert!(!no_proxy_matches("10.0.0.0/33", "10.0.0.1", 443));
+        assert!(no_proxy_matches("0.0.0.0/0", "8.8.8.8", 443));
     }
 
     #[test]
