@@ -50,11 +50,42 @@ impl Wine {
             .status()
             .is_ok_and(|s| s.success());
         let ready = has_wine && wine.exe.is_file() && dll.is_file();
-        require(
+        if !require(
             ready,
             "wine, or the Windows build and its Wine prefix (run scripts/test-windows)",
-        )
-        .then_some(wine)
+        ) {
+            return None;
+        }
+        wine.start_server();
+        Some(wine)
+    }
+
+    /// Starts the prefix's wineserver and Wine's own background programs once, detached and
+    /// with no stdio. Otherwise the first `wine` of a test starts them, they inherit that
+    /// test's pipes and hold them open for seconds after the test's processes exit. The
+    /// server stays up 60 s after its last program ends.
+    fn start_server(&self) {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| {
+            let quiet = |cmd: &mut Command| {
+                apply_env(cmd, &self.env(Vec::new()))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+            };
+            for (program, args) in [
+                ("wineserver", &["-p60"][..]),
+                ("wine", &["cmd", "/c", "exit"]),
+            ] {
+                let mut cmd = Command::new(program);
+                quiet(cmd.args(args));
+                let mut child = spawn_group(&mut cmd);
+                assert!(
+                    wait_bounded(&mut child, SHORT).is_some(),
+                    "{program} {args:?} did not finish"
+                );
+            }
+        });
     }
 
     /// The variables Wine needs, added to a client environment.
@@ -67,7 +98,10 @@ impl Wine {
 
     /// `wine ssm-proxy.exe %h %p`, quoted for ssh's `sh -c`.
     fn proxy_command(&self) -> String {
-        format!("wine {} %h %p", shell_quote(&self.exe.display().to_string()))
+        format!(
+            "wine {} %h %p",
+            shell_quote(&self.exe.display().to_string())
+        )
     }
 
     /// `wine ssm-proxy.exe ARGS` with `env` applied.
