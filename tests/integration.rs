@@ -24,6 +24,8 @@ mod e2e_network;
 #[cfg(unix)]
 mod e2e_plugin;
 #[cfg(unix)]
+mod e2e_polish;
+#[cfg(unix)]
 mod e2e_realagent;
 #[cfg(unix)]
 mod e2e_shell;
