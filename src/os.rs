@@ -1,5 +1,9 @@
 //! Everything OS-specific, in one place: which signals end a session, how a ProxyCommand
-//! word is quoted, terminal size changes, and how the simulator runs a shell or a command.
+//! word is quoted, terminal size changes, the Windows console's modes and text, and how the
+//! simulator runs a shell or a command.
+//!
+//! Paths need nothing here: `dirs` gives `%USERPROFILE%` as the home (so `~/.ssh` is
+//! `%USERPROFILE%\.ssh`) and `%LOCALAPPDATA%` as the cache directory on Windows.
 
 use tokio::sync::mpsc;
 
@@ -32,7 +36,29 @@ pub fn signals() -> mpsc::Receiver<i32> {
             }
         }
     }
-    #[cfg(not(unix))]
+    // Windows has console control events instead: Ctrl-C (as SIGINT: a byte for the remote
+    // program on a raw terminal, else the end), Ctrl-Break (ends the session, as SIGTERM) and
+    // the console window closing (as SIGHUP: a normal end; Windows allows a few seconds).
+    #[cfg(windows)]
+    {
+        use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close};
+        macro_rules! forward {
+            ($make:expr, $num:expr) => {
+                if let Ok(mut s) = $make {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        while s.recv().await.is_some() {
+                            let _ = tx.send($num).await;
+                        }
+                    });
+                }
+            };
+        }
+        forward!(ctrl_c(), SIGINT);
+        forward!(ctrl_break(), SIGTERM);
+        forward!(ctrl_close(), SIGHUP);
+    }
+    #[cfg(not(any(unix, windows)))]
     tokio::spawn(async move {
         while tokio::signal::ctrl_c().await.is_ok() {
             let _ = tx.send(SIGINT).await;
@@ -167,6 +193,7 @@ pub fn exit_status_code(status: std::process::ExitStatus) -> i32 {
     -1
 }
 
+<<<<<<< HEAD
 /// Points stdin, stdout and stderr at the null device, so that whoever holds the other ends of
 /// our pipes (ssh, and what reads ssh's stderr) sees them closed while we finish up.
 pub fn release_stdio() {
@@ -179,5 +206,171 @@ pub fn release_stdio() {
         let _ = rustix::stdio::dup2_stdin(&null);
         let _ = rustix::stdio::dup2_stdout(&null);
         let _ = rustix::stdio::dup2_stderr(&null);
+=======
+/// Console modes a remote terminal needs beyond raw mode, set while alive. Windows: VT input
+/// (arrow and function keys arrive as the escape sequences a remote pty expects; characters,
+/// whatever the keyboard layout, arrive as UTF-8 because std reads the console as UTF-16) and
+/// VT output (the remote's escape sequences are rendered, and LF does not also return the
+/// carriage: the remote pty sends CR LF itself). Elsewhere the terminal already is one.
+pub struct VtConsole {
+    /// (input bits added, output bits added), cleared again on drop.
+    #[cfg(windows)]
+    added: (u32, u32),
+}
+
+impl VtConsole {
+    /// Turns the modes on where possible; failures (no console: a pipe, mintty) leave things
+    /// as they are.
+    pub fn enable() -> VtConsole {
+        #[cfg(windows)]
+        {
+            use crossterm_winapi::Handle;
+            const ENABLE_VIRTUAL_TERMINAL_INPUT: u32 = 0x0200;
+            const ENABLE_VIRTUAL_TERMINAL_PROCESSING: u32 = 0x0004;
+            const DISABLE_NEWLINE_AUTO_RETURN: u32 = 0x0008;
+            let added = (
+                add_console_mode(Handle::current_in_handle(), ENABLE_VIRTUAL_TERMINAL_INPUT),
+                add_console_mode(
+                    Handle::current_out_handle(),
+                    ENABLE_VIRTUAL_TERMINAL_PROCESSING | DISABLE_NEWLINE_AUTO_RETURN,
+                ),
+            );
+            VtConsole { added }
+        }
+        #[cfg(not(windows))]
+        VtConsole {}
+    }
+}
+
+/// Sets `bits` on a console handle's mode; returns the bits that were newly set (0 on failure).
+#[cfg(windows)]
+fn add_console_mode(handle: std::io::Result<crossterm_winapi::Handle>, bits: u32) -> u32 {
+    let Ok(mode) = handle.map(crossterm_winapi::ConsoleMode::from) else {
+        return 0;
+    };
+    match mode.mode() {
+        Ok(old) if mode.set_mode(old | bits).is_ok() => bits & !old,
+        _ => 0,
+    }
+}
+
+#[cfg(windows)]
+impl Drop for VtConsole {
+    fn drop(&mut self) {
+        use crossterm_winapi::{ConsoleMode, Handle};
+        for (handle, bits) in [
+            (Handle::current_in_handle(), self.added.0),
+            (Handle::current_out_handle(), self.added.1),
+        ] {
+            if let (Ok(h), true) = (handle, bits != 0) {
+                let mode = ConsoleMode::from(h);
+                if let Ok(now) = mode.mode() {
+                    let _ = mode.set_mode(now & !bits);
+                }
+            }
+        }
+    }
+}
+
+/// Text for a terminal's output. A Windows console takes only UTF-8 (std writes it with
+/// WriteConsoleW and fails on anything else), so a remote program's stray bytes would end the
+/// session: there invalid sequences become U+FFFD, and a sequence split between two chunks is
+/// held until the next. Pipes and other systems get the bytes as they are.
+#[derive(Default)]
+pub struct ConsoleText {
+    console: bool,
+    /// An incomplete UTF-8 sequence from the end of the previous chunk.
+    carry: Vec<u8>,
+}
+
+impl ConsoleText {
+    /// For stdout: converts only when it is a Windows console.
+    pub fn for_stdout() -> ConsoleText {
+        use std::io::IsTerminal;
+        ConsoleText {
+            console: cfg!(windows) && std::io::stdout().is_terminal(),
+            carry: Vec::new(),
+        }
+    }
+
+    /// The bytes to write for `data`.
+    pub fn convert<'a>(&mut self, data: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        if !self.console {
+            return data.into();
+        }
+        let mut bytes = std::mem::take(&mut self.carry);
+        bytes.extend_from_slice(data);
+        let mut out = String::with_capacity(bytes.len());
+        let mut rest = &bytes[..];
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    out.push_str(s);
+                    break;
+                }
+                Err(e) => {
+                    let (good, bad) = rest.split_at(e.valid_up_to());
+                    out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                    match e.error_len() {
+                        Some(n) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            rest = &bad[n..];
+                        }
+                        None => {
+                            self.carry = bad.to_vec();
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        out.into_bytes().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_text_replaces_invalid_and_joins_split_sequences() {
+        let mut text = ConsoleText {
+            console: true,
+            carry: Vec::new(),
+        };
+        // "é" is C3 A9; split between chunks it is held, not replaced.
+        assert_eq!(&*text.convert(b"caf\xc3"), b"caf");
+        assert_eq!(&*text.convert(b"\xa9 \xff!"), "é \u{fffd}!".as_bytes());
+        let mut pipe = ConsoleText::default();
+        assert_eq!(&*pipe.convert(b"\xff\xc3"), b"\xff\xc3");
+    }
+
+    #[test]
+    fn signal_exit_codes() {
+        assert_eq!(signal_exit_code(SIGHUP), 0);
+        assert_eq!(signal_exit_code(SIGINT), 130);
+        assert_eq!(signal_exit_code(SIGTERM), 143);
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn windows_paths_and_quoting() {
+        // A path with spaces is double-quoted for Windows OpenSSH (no shell), backslashes kept.
+        assert_eq!(
+            proxy_command_word(r"C:\Program Files\ssm-proxy\ssm-proxy.exe"),
+            r#""C:\Program Files\ssm-proxy\ssm-proxy.exe""#
+        );
+        assert_eq!(
+            proxy_command_word(r"C:\tools\ssm-proxy.exe"),
+            r"C:\tools\ssm-proxy.exe"
+        );
+        let (program, args) = command_line("exit 3");
+        assert_eq!((program.as_str(), args[0].as_str()), ("cmd.exe", "/C"));
+        // %LOCALAPPDATA% for the cache, %USERPROFILE% as home (in Wine too: its own profile).
+        let local = std::env::var_os("LOCALAPPDATA").expect("LOCALAPPDATA");
+        assert_eq!(dirs::cache_dir(), Some(std::path::PathBuf::from(local)));
+        let profile = std::env::var_os("USERPROFILE").expect("USERPROFILE");
+        assert_eq!(dirs::home_dir(), Some(std::path::PathBuf::from(profile)));
+>>>>>>> h17
     }
 }

@@ -239,7 +239,10 @@ struct NotShell(SessionKind);
 /// Raw mode on the controlling terminal while alive. Dropping it restores the settings saved
 /// when it was made; a panic hook does the same, since a release build aborts on panic and
 /// runs no destructors.
-struct RawTerminal;
+struct RawTerminal {
+    /// The console's VT modes (Windows), cleared on drop.
+    _vt: os::VtConsole,
+}
 
 impl RawTerminal {
     fn enable() -> anyhow::Result<Self> {
@@ -255,7 +258,9 @@ impl RawTerminal {
             "cannot put the terminal in raw mode: run from a terminal, or pipe stdin for a \
              session without one",
         )?;
-        Ok(Self)
+        Ok(Self {
+            _vt: os::VtConsole::enable(),
+        })
     }
 }
 

@@ -63,10 +63,11 @@ pub fn stdout_writer() -> (mpsc::Sender<Bytes>, StdoutDone) {
     let (done_tx, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut stdout = std::io::stdout().lock();
+        let mut text = crate::os::ConsoleText::for_stdout();
         while let Some(data) = out_rx.blocking_recv() {
             // EPIPE: the reader (ssh) is gone. Dropping the receiver tells the driver.
             if stdout
-                .write_all(&data)
+                .write_all(&text.convert(&data))
                 .and_then(|()| stdout.flush())
                 .is_err()
             {

@@ -307,6 +307,19 @@ impl Sshd {
         cmd
     }
 
+    /// `scp ... -P PORT -o ProxyCommand=<proxy_command>`: a ProxyCommand given whole (already
+    /// quoted); append sources and destination.
+    pub fn scp_cmd_via(&self, proxy_command: &str, env: &[(String, String)]) -> Command {
+        let mut cmd = client("scp", env);
+        cmd.arg("-q")
+            .args(self.common_opts())
+            .arg("-P")
+            .arg(self.port.to_string())
+            .arg("-o")
+            .arg(format!("ProxyCommand={proxy_command}"));
+        cmd
+    }
+
     /// The ssh command line (shell-quoted) used as `rsync -e` and `GIT_SSH_COMMAND`.
     pub fn ssh_command_line(&self, proxy: &Path) -> String {
         let mut words = vec!["ssh".to_owned()];
