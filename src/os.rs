@@ -193,7 +193,6 @@ pub fn exit_status_code(status: std::process::ExitStatus) -> i32 {
     -1
 }
 
-<<<<<<< HEAD
 /// Points stdin, stdout and stderr at the null device, so that whoever holds the other ends of
 /// our pipes (ssh, and what reads ssh's stderr) sees them closed while we finish up.
 pub fn release_stdio() {
@@ -206,7 +205,9 @@ pub fn release_stdio() {
         let _ = rustix::stdio::dup2_stdin(&null);
         let _ = rustix::stdio::dup2_stdout(&null);
         let _ = rustix::stdio::dup2_stderr(&null);
-=======
+    }
+}
+
 /// Console modes a remote terminal needs beyond raw mode, set while alive. Windows: VT input
 /// (arrow and function keys arrive as the escape sequences a remote pty expects; characters,
 /// whatever the keyboard layout, arrive as UTF-8 because std reads the console as UTF-16) and
@@ -371,6 +372,5 @@ mod tests {
         assert_eq!(dirs::cache_dir(), Some(std::path::PathBuf::from(local)));
         let profile = std::env::var_os("USERPROFILE").expect("USERPROFILE");
         assert_eq!(dirs::home_dir(), Some(std::path::PathBuf::from(profile)));
->>>>>>> h17
     }
 }
