@@ -246,7 +246,11 @@ fn server_first_in_basic_mode(bin: &std::path::Path, env: &[(String, String)], r
         assert_eq!(sent, received, "connection {i}");
         last = n;
     }
-    assert!(!fwd.stderr_text().contains("panicked"), "{}", fwd.stderr_text());
+    assert!(
+        !fwd.stderr_text().contains("panicked"),
+        "{}",
+        fwd.stderr_text()
+    );
 }
 
 #[test]
@@ -310,17 +314,22 @@ fn basic_mode_20_sequential_ssh_simulator() {
     assert_eq!(ssh_20_times(proxy_bin(), &sim.env()), 20);
 }
 
-/// The real agent's open sessions (`/sessions` entries without a result).
-fn session_ids(agent: &RealAgent) -> Vec<String> {
+/// The real agent's sessions: (id, ended).
+fn sessions(agent: &RealAgent) -> Vec<(String, bool)> {
     let all = agent.sessions();
-    let list = all
-        .as_array()
+    all.as_array()
         .cloned()
-        .or_else(|| all["Sessions"].as_array().cloned())
-        .unwrap_or_default();
-    list.iter()
-        .filter_map(|s| s["SessionId"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| {
+            let id = s["SessionId"].as_str()?.to_owned();
+            Some((id, s["Ended"].as_bool() == Some(true)))
+        })
         .collect()
+}
+
+fn session_ids(agent: &RealAgent) -> Vec<String> {
+    sessions(agent).into_iter().map(|(id, _)| id).collect()
 }
 
 #[test]
@@ -367,13 +376,17 @@ fn release_forward_exits_130_on_sigint_in_both_modes() {
         kill_pid(fwd.pid(), "INT");
         let status = wait_bounded(&mut fwd.child.0, 10).expect("exits after SIGINT");
         assert_eq!(status.code(), Some(130), "{args:?}: {}", fwd.stderr_text());
-        assert!(!fwd.stderr_text().contains("panicked"), "{}", fwd.stderr_text());
         assert!(
-            wait_until(15, || agent.sessions().to_string().contains("\"Result\"")
-                || agent.log.lock().unwrap().contains("cancelled")),
+            !fwd.stderr_text().contains("panicked"),
+            "{}",
+            fwd.stderr_text()
+        );
+        assert!(
+            wait_until(15, || sessions(&agent).iter().all(|(_, ended)| *ended)),
             "session left on the service: {}",
             agent.sessions()
         );
+        assert_eq!(sessions(&agent).len(), 1);
     }
 }
 
@@ -381,11 +394,13 @@ fn release_forward_exits_130_on_sigint_in_both_modes() {
 fn a_stalled_connection_does_not_stall_the_others() {
     let sim = Sim::start(SimConfig::default()).expect("sim");
     let fwd = Forwarder::start(&sim, &format!("0:{}", echo_server()));
-    // It sends 512 KiB and never reads: its echo waits in its backlog (under the bound).
-    let mut stalled = fwd.connect();
-    stalled
-        .write_all(&random_bytes(512 * 1024, 11))
-        .expect("write");
+    // It sends 3.5 MiB and never reads: its echo waits in its backlog (under the 4 MiB bound),
+    // more than socket buffers and channels alone would hold.
+    let stalled = fwd.connect();
+    let mut writer = stalled.try_clone().expect("clone");
+    thread::spawn(move || {
+        let _ = writer.write_all(&random_bytes(7 << 19, 11));
+    });
     let started = Instant::now();
     let workers: Vec<_> = (0..9u64)
         .map(|i| {
@@ -431,7 +446,11 @@ fn listens_on_ipv6_and_unix_sockets() {
     let echo = echo_server();
     if std::net::TcpListener::bind("[::1]:0").is_ok() {
         let fwd = Forwarder::start(&sim, &format!("[::1]:0:{echo}"));
-        assert!(fwd.stderr_text().contains("listening on [::1]:"), "{}", fwd.stderr_text());
+        assert!(
+            fwd.stderr_text().contains("listening on [::1]:"),
+            "{}",
+            fwd.stderr_text()
+        );
         let conn = std::net::TcpStream::connect(("::1", fwd.local_port)).expect("connect v6");
         let (sent, received) = echo_round_trip(conn, 256 * 1024, 12);
         assert_eq!(sent, received);
@@ -440,18 +459,24 @@ fn listens_on_ipv6_and_unix_sockets() {
     let path = dir.join("fwd.sock");
     let mut cmd = Command::new(proxy_bin());
     apply_env(&mut cmd, &sim.env())
-        .args(["forward", TARGET, "-L", &format!("{}:{echo}", path.display())])
+        .args([
+            "forward",
+            TARGET,
+            "-L",
+            &format!("{}:{echo}", path.display()),
+        ])
         .stdout(Stdio::null());
     let (mut child, text) = spawn_until_listening(&mut cmd);
     assert!(text.contains(&path.display().to_string()), "{text}");
     let mut conn = std::os::unix::net::UnixStream::connect(&path).expect("connect unix");
+    // No half-close: the agent's smux session closes both directions on a FIN.
     conn.write_all(b"over a unix socket").expect("write");
-    conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
-    let mut got = Vec::new();
+    let mut got = [0u8; 18];
     conn.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
-    conn.read_to_end(&mut got).expect("read");
-    assert_eq!(got, b"over a unix socket");
+    conn.read_exact(&mut got).expect("read");
+    assert_eq!(&got, b"over a unix socket");
+    drop(conn);
     kill_pid(child.id(), "TERM");
     assert!(wait_bounded(&mut child, 10).is_some());
     assert!(!path.exists(), "socket file left behind");
@@ -465,7 +490,10 @@ fn spawn_until_listening(cmd: &mut Command) -> (std::process::Child, String) {
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.starts_with("listening on") {
                 let _ = tx.send(line);
             }
@@ -532,7 +560,11 @@ fn socks5_reaches_two_destinations_byte_exact() {
         .args(["forward", TARGET, "-D", "0"])
         .stdout(Stdio::null());
     let fwd = Forwarder::spawn(&mut cmd);
-    assert!(fwd.stderr_text().contains("SOCKS5"), "{}", fwd.stderr_text());
+    assert!(
+        fwd.stderr_text().contains("SOCKS5"),
+        "{}",
+        fwd.stderr_text()
+    );
     let dir = TempDir::new("socks");
     // localhost is the target itself; 127.0.0.1 too (AWS-StartPortForwardingSession).
     let urls = [

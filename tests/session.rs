@@ -330,7 +330,11 @@ fn a_held_session_leaves_output_unacked_until_a_connection_and_drops_a_closed_on
     s.handle_frame(t0, agent_frame(3, ptype::OUTPUT, "late")); // queued, then dropped
     s.disconnect_to_port(t0);
     s.handle_frame(t0, agent_frame(4, ptype::OUTPUT, "later"));
-    assert_eq!(s.pending_output(), 0, "nothing of the old connection is delivered");
+    assert_eq!(
+        s.pending_output(),
+        0,
+        "nothing of the old connection is delivered"
+    );
     let frames = sent(&mut s);
     assert_eq!(acked(&frames), [3, 4]);
     let flag = frames

@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::crypto::{Cipher, Side};
 use super::frame::{Frame, MessageType, flag, flags, ptype};
-use super::handshake::{self, SessionKind};
 use super::gate::{Gate, Take};
+use super::handshake::{self, SessionKind};
 use super::inbox::{Arrival, Inbox};
 use super::outbox::Outbox;
 use super::payload::{Acknowledge, ChannelClosed, HandshakeComplete, HandshakeRequest, Size};

@@ -82,7 +82,12 @@ pub async fn run_granted(
     grant: SessionGrant,
     listener: TcpListener,
 ) -> anyhow::Result<u8> {
-    serve(vec![Job::Forward(forward, Listener::Tcp(listener), Some(grant))]).await
+    serve(vec![Job::Forward(
+        forward,
+        Listener::Tcp(listener),
+        Some(grant),
+    )])
+    .await
 }
 
 /// Binds a local TCP port, with an error that says what to do when it is taken.
@@ -104,7 +109,9 @@ async fn listen_on(bind: &str, port: u16) -> anyhow::Result<Listener> {
             return Ok(Listener::Unix(l, bind.into()));
         }
         #[cfg(not(unix))]
-        anyhow::bail!("cannot listen on {bind}: Unix sockets are not available here; use a TCP port");
+        anyhow::bail!(
+            "cannot listen on {bind}: Unix sockets are not available here; use a TCP port"
+        );
     }
     Ok(Listener::Tcp(listen(bind, port).await?))
 }
@@ -124,8 +131,12 @@ async fn serve(jobs: Vec<Job>) -> anyhow::Result<u8> {
                 let span = tracing::info_span!("forward", local = %label);
                 let conns = listener.spawn_accept();
                 tasks.spawn(
-                    async move { forward.session(Some(&label), conns, grant, stop_rx, None).await }
-                        .instrument(span),
+                    async move {
+                        forward
+                            .session(Some(&label), conns, grant, stop_rx, None)
+                            .await
+                    }
+                    .instrument(span),
                 );
             }
             Job::Socks(socks, listener) => {
@@ -235,9 +246,9 @@ impl Forward {
         let grant = match grant {
             Some(g) => g,
             None => {
-                let start = self
-                    .aws
-                    .start_session(&self.target, &self.document, self.parameters.clone());
+                let start =
+                    self.aws
+                        .start_session(&self.target, &self.document, self.parameters.clone());
                 tokio::select! {
                     grant = start => grant?,
                     sig = stop.recv() => return Ok(End::Signal(sig.unwrap_or(os::SIGINT))),
