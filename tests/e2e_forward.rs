@@ -238,10 +238,18 @@ fn targets_are_found_by_name() {
 /// Basic mode `rounds` times in a row through one forward: every connection gets its own
 /// greeting first, then its own echo, byte-exact.
 fn server_first_in_basic_mode(bin: &std::path::Path, env: &[(String, String)], rounds: u64) {
-    let fwd = Forwarder::start_with(bin, env, &["-L", &format!("0:{}", greeting_echo_server())]);
+    let spec = format!("0:{}", greeting_echo_server());
+    let fwd = Forwarder::start_with(bin, env, &["-v", "-L", &spec]);
     let mut last = 0;
     for i in 0..rounds {
-        let (n, sent, received) = greeting_round_trip(fwd.connect(), 64 * 1024, 400 + i);
+        let conn = fwd.connect();
+        let round = std::panic::catch_unwind(|| greeting_round_trip(conn, 64 * 1024, 400 + i));
+        let (n, sent, received) = round.unwrap_or_else(|_| {
+            panic!(
+                "connection {i} failed; forward's log:\n{}",
+                fwd.stderr_text()
+            )
+        });
         assert!(n > last, "connection {i}: greeting {n} after {last}");
         assert_eq!(sent, received, "connection {i}");
         last = n;
@@ -585,4 +593,17 @@ fn socks5_reaches_two_destinations_byte_exact() {
         "one session per destination: {:?}",
         sim.stats()
     );
+}
+
+#[test]
+fn a_closed_ssh_port_names_the_fix() {
+    // `ssm-proxy TARGET PORT` with nothing listening there: the service's reason plus the fix.
+    let placeholder = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let port = placeholder.local_addr().expect("addr").port().to_string();
+    drop(placeholder);
+    let sim = Sim::start(SimConfig::default()).expect("sim");
+    let out = crate::support::proxy_run(&sim.env(), &[TARGET, &port], 30);
+    let line = crate::support::one_line_failure(&out);
+    assert!(line.contains("Unable to connect to specified port"), "{line}");
+    assert!(line.contains("listens on that port"), "{line}");
 }
