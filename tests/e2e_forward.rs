@@ -604,6 +604,9 @@ fn a_closed_ssh_port_names_the_fix() {
     let sim = Sim::start(SimConfig::default()).expect("sim");
     let out = crate::support::proxy_run(&sim.env(), &[TARGET, &port], 30);
     let line = crate::support::one_line_failure(&out);
-    assert!(line.contains("Unable to connect to specified port"), "{line}");
+    assert!(
+        line.contains("Unable to connect to specified port"),
+        "{line}"
+    );
     assert!(line.contains("listens on that port"), "{line}");
 }

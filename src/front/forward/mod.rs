@@ -66,7 +66,7 @@ pub async fn run(args: ForwardArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
             destination: format!("{}:{}", spec.host_label(), spec.remote_port),
             resume_timeout: args.resume.resume_timeout,
         };
-        forwards.push(Job::Forward(forward, listener, None));
+        forwards.push(Job::Forward(Box::new(forward), listener, None));
     }
     let status = serve(forwards).await;
     for path in sockets {
@@ -83,7 +83,7 @@ pub async fn run_granted(
     listener: TcpListener,
 ) -> anyhow::Result<u8> {
     serve(vec![Job::Forward(
-        forward,
+        Box::new(forward),
         Listener::Tcp(listener),
         Some(grant),
     )])
@@ -185,7 +185,7 @@ async fn serve(jobs: Vec<Job>) -> anyhow::Result<u8> {
 /// What one `-L` or `-D` serves.
 enum Job {
     /// A forward, its listener, and its first session if someone else started it.
-    Forward(Forward, Listener, Option<SessionGrant>),
+    Forward(Box<Forward>, Listener, Option<SessionGrant>),
     /// A SOCKS5 server.
     Socks(Arc<socks::Socks>, Listener),
 }
