@@ -354,6 +354,7 @@ pub struct CompletionsArgs {
   ssm-proxy forward i-0123456789abcdef0 -L 8888:8888             # Jupyter on the instance
   ssm-proxy forward i-0123456789abcdef0 -L 5432:db.internal:5432 # a database behind it
   ssm-proxy forward i-0123456789abcdef0 -L 0:80 -L 127.0.0.1:9000:localhost:9000
+  ssm-proxy forward i-0123456789abcdef0 -D 1080   # SOCKS5: curl --socks5-hostname 127.0.0.1:1080
 
 Each -L is its own session. Without HOST (or with localhost) the document is
 AWS-StartPortForwardingSession, otherwise AWS-StartPortForwardingSessionToRemoteHost.
@@ -363,9 +364,15 @@ pub struct ForwardArgs {
     /// Instance or managed-node id (i-…, mi-…), a Name tag value, or tag:KEY=VALUE.
     pub target: String,
 
-    /// A forward: [BIND:]LPORT:[HOST:]RPORT (repeatable; BIND defaults to 127.0.0.1).
-    #[arg(short = 'L', long = "local", value_name = "[BIND:]LPORT:[HOST:]RPORT", required = true, value_parser = ForwardSpec::parse)]
+    /// A forward: [BIND:]LPORT:[HOST:]RPORT (repeatable; BIND defaults to 127.0.0.1; an IPv6
+    /// BIND in brackets, `[::1]:LPORT:RPORT`; a Unix socket: `/PATH:[HOST:]RPORT`).
+    #[arg(short = 'L', long = "local", value_name = "[BIND:]LPORT:[HOST:]RPORT", required_unless_present = "dynamic", value_parser = ForwardSpec::parse)]
     pub forwards: Vec<ForwardSpec>,
+
+    /// A SOCKS5 proxy (repeatable; BIND defaults to 127.0.0.1): each CONNECT destination gets
+    /// its own port-forwarding session, reused by its connections. No sshd needed.
+    #[arg(short = 'D', long = "dynamic", value_name = "[BIND:]PORT", value_parser = parse_dynamic)]
+    pub dynamic: Vec<(String, u16)>,
 
     /// `--resume-timeout`, `--reason`.
     #[command(flatten)]
@@ -374,6 +381,22 @@ pub struct ForwardArgs {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub aws: AwsArgs,
+}
+
+/// Parses `-D [BIND:]PORT` (`[v6]:PORT`, or a Unix socket path).
+pub fn parse_dynamic(s: &str) -> Result<(String, u16), String> {
+    if s.contains('/') {
+        return Ok((s.to_owned(), 0));
+    }
+    let (bind, port) = match s.rsplit_once(':') {
+        Some((b, p)) => (b.trim_start_matches('[').trim_end_matches(']'), p),
+        None => ("127.0.0.1", s),
+    };
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("expected [BIND:]PORT, got {s:?}"))?;
+    let bind = if bind.is_empty() { "127.0.0.1" } else { bind };
+    Ok((bind.to_owned(), port))
 }
 
 /// One `-L` specification.
@@ -397,10 +420,23 @@ impl ForwardSpec {
             Ok(n) if n > 0 || zero_ok => Ok(n),
             _ => Err(format!("{p:?} is not a port number in {s:?}")),
         };
-        let parts: Vec<&str> = s.split(':').collect();
+        // `[v6]:...` and a Unix socket path (`/path:...`, ssh's form) as BIND.
+        let (bracketed, rest) = match s.strip_prefix('[').and_then(|r| r.split_once("]:")) {
+            Some((v6, rest)) => (Some(v6), rest),
+            None => (None, s),
+        };
+        let mut parts: Vec<&str> = rest.split(':').collect();
+        if bracketed.is_none() && parts.len() >= 2 && parts[0].contains('/') {
+            parts.insert(1, "0");
+        }
+        if let Some(v6) = bracketed {
+            parts.insert(0, v6);
+        }
         let (bind, lport, host, rport) = match parts.as_slice() {
             [l, r] => (None, *l, None, *r),
-            [a, b, r] if a.parse::<u16>().is_ok() => (None, *a, Some(*b), *r),
+            [a, b, r] if a.parse::<u16>().is_ok() && bracketed.is_none() => {
+                (None, *a, Some(*b), *r)
+            }
             [a, l, r] => (Some(*a), *l, None, *r),
             [a, l, h, r] => (Some(*a), *l, Some(*h), *r),
             _ => return Err(format!("expected [BIND:]LPORT:[HOST:]RPORT, got {s:?}")),
@@ -460,6 +496,16 @@ mod tests {
             Ok(("127.0.0.1".into(), 9000, None, 9000))
         );
         assert!(f("80").is_err() && f("a:b").is_err() && f("1:0").is_err());
+        assert_eq!(f("[::1]:0:80"), Ok(("::1".into(), 0, None, 80)));
+        assert_eq!(
+            f("[::]:5432:db:5432"),
+            Ok(("::".into(), 5432, Some("db".into()), 5432))
+        );
+        assert_eq!(f("/tmp/f.sock:80"), Ok(("/tmp/f.sock".into(), 0, None, 80)));
+        assert_eq!(
+            f("/tmp/f.sock:db:5432"),
+            Ok(("/tmp/f.sock".into(), 0, Some("db".into()), 5432))
+        );
     }
 }
 

@@ -301,3 +301,65 @@ fn no_handshake_within_the_deadline_fails() {
     s.handle_timeout(deadline);
     assert!(matches!(events(&mut s).as_slice(), [Event::Failed(_)]));
 }
+
+#[test]
+fn a_held_session_leaves_output_unacked_until_a_connection_and_drops_a_closed_ones() {
+    // Port forwarding (§8.1, §16.3): a greeting before any local connection is left for the
+    // agent to resend; after DisconnectToPort what still comes is acked and dropped; the next
+    // connection waits for the agent's acks, then sends an empty Output so the agent re-dials.
+    let t0 = Instant::now();
+    let mut s = Session::new(
+        SessionConfig {
+            hold_output: true,
+            ..Default::default()
+        },
+        t0,
+    );
+    s.handle_frame(t0, agent_frame(0, ptype::HANDSHAKE_REQUEST, REQUEST));
+    s.handle_frame(t0, agent_frame(1, ptype::HANDSHAKE_COMPLETE, "{}"));
+    sent(&mut s);
+    s.handle_frame(t0, agent_frame(2, ptype::OUTPUT, "SSH-2.0-greeting\r\n"));
+    assert_eq!(acked(&sent(&mut s)), Vec::<i64>::new(), "held, not acked");
+    assert_eq!(s.pending_output(), 0);
+    s.connected(t0);
+    s.handle_frame(t0, agent_frame(2, ptype::OUTPUT, "SSH-2.0-greeting\r\n")); // resent
+    assert_eq!(acked(&sent(&mut s)), [2]);
+    assert_eq!(
+        s.poll_output(1 << 16).as_deref(),
+        Some(&b"SSH-2.0-greeting\r\n"[..])
+    );
+    // The connection closes: DisconnectToPort (our seq 1 after the HandshakeResponse at 0).
+    s.handle_frame(t0, ack_of(0));
+    s.handle_frame(t0, agent_frame(3, ptype::OUTPUT, "late")); // queued, then dropped
+    s.disconnect_to_port(t0);
+    s.handle_frame(t0, agent_frame(4, ptype::OUTPUT, "later"));
+    assert_eq!(
+        s.pending_output(),
+        0,
+        "nothing of the old connection is delivered"
+    );
+    let frames = sent(&mut s);
+    assert_eq!(acked(&frames), [3, 4]);
+    let flag = frames
+        .iter()
+        .find(|f| f.message_type == MessageType::InputStreamData)
+        .expect("DisconnectToPort sent");
+    assert_eq!(flag.payload_type, ptype::FLAG);
+    // The next connection: no input until the flag is acked, then an empty Output.
+    s.connected(t0);
+    assert!(!s.can_accept_input());
+    assert!(sent(&mut s).is_empty());
+    s.handle_frame(t0, ack_of(flag.sequence));
+    let frames = sent(&mut s);
+    let trigger = frames
+        .iter()
+        .find(|f| f.message_type == MessageType::InputStreamData)
+        .expect("empty Output");
+    assert_eq!(
+        (trigger.payload_type, trigger.payload.len()),
+        (ptype::OUTPUT, 0)
+    );
+    assert!(s.can_accept_input());
+    s.handle_frame(t0, agent_frame(5, ptype::OUTPUT, "HELLO 2\n"));
+    assert_eq!(s.poll_output(1 << 16).as_deref(), Some(&b"HELLO 2\n"[..]));
+}

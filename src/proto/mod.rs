@@ -6,6 +6,7 @@
 //! to `docs/protocol.md`.
 
 pub mod frame;
+pub mod gate;
 pub mod handshake;
 pub mod inbox;
 pub mod outbox;

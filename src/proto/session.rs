@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::crypto::{Cipher, Side};
 use super::frame::{Frame, MessageType, flag, flags, ptype};
+use super::gate::{Gate, Take};
 use super::handshake::{self, SessionKind};
 use super::inbox::{Arrival, Inbox};
 use super::outbox::Outbox;
@@ -48,6 +49,8 @@ pub struct SessionConfig {
     pub pause_watchdog: Duration,
     /// Seed for message ids.
     pub seed: u64,
+    /// Leave output unacked until [`Session::connected`] (port forwarding, see `gate`).
+    pub hold_output: bool,
 }
 
 impl Default for SessionConfig {
@@ -61,6 +64,7 @@ impl Default for SessionConfig {
             ready_timeout: Duration::from_secs(30),
             pause_watchdog: Duration::from_secs(5),
             seed: 0,
+            hold_output: false,
         }
     }
 }
@@ -153,6 +157,7 @@ pub struct Session {
     /// as the local side has read enough, rather than when the agent next retransmits it, which
     /// may be a second later or, while it drains after its destination closed, never.
     held: Option<Frame>,
+    gate: Gate,
 }
 
 impl Session {
@@ -160,6 +165,7 @@ impl Session {
     pub fn new(config: SessionConfig, now: Instant) -> Self {
         Self {
             inbox: Inbox::new(config.reorder_limit),
+            gate: Gate::initial(config.hold_output),
             rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
             config,
             start: now,
@@ -199,6 +205,7 @@ impl Session {
                 if let Ok(ack) = serde_json::from_slice::<Acknowledge>(&frame.payload) {
                     self.outbox
                         .on_ack(now, ack.acknowledged_message_sequence_number);
+                    self.reopen_if_acked(now);
                 }
             }
             MessageType::ChannelClosed => {
@@ -256,7 +263,12 @@ impl Session {
 
     /// Whether the held message can be taken now.
     fn can_take_held(&self) -> bool {
-        self.held.is_some() && self.output_bytes < self.config.output_limit
+        self.held.is_some()
+            && match self.gate.take(false) {
+                Take::Deliver => self.output_bytes < self.config.output_limit,
+                Take::Refuse => false,
+                Take::Drop => true,
+            }
     }
 
     /// Acts on an in-order message. Returns false when it cannot be taken now (left unacked).
@@ -301,6 +313,11 @@ impl Session {
                 if self.state == State::Opening {
                     // §5.1: no handshake; the first output makes this a shell.
                     self.become_ready(SessionKind::Shell, String::new());
+                }
+                match self.gate.take(must_take) {
+                    Take::Refuse => return false,
+                    Take::Drop => return true,
+                    Take::Deliver => {}
                 }
                 if !must_take && self.output_bytes >= self.config.output_limit {
                     return false;
@@ -473,6 +490,30 @@ impl Session {
         );
     }
 
+    /// A local connection can take output now (port forwarding, see `gate`). After a
+    /// DisconnectToPort this makes the agent dial its destination again.
+    pub fn connected(&mut self, now: Instant) {
+        self.gate = self.gate.connected();
+        self.reopen_if_acked(now);
+    }
+
+    /// The end of a basic-mode connection: tell the agent, and drop what it still sends for it.
+    pub fn disconnect_to_port(&mut self, now: Instant) {
+        self.send_flag(now, flag::DISCONNECT_TO_PORT);
+        self.gate = Gate::Discard;
+        self.output.clear();
+        self.output_bytes = 0;
+    }
+
+    fn reopen_if_acked(&mut self, now: Instant) {
+        if self.gate == Gate::Reopen && self.outbox.is_empty() {
+            self.gate = Gate::Open;
+            // The agent re-dials on the next Output message (agent `port_basic.go`): a server
+            // that speaks first would otherwise wait for the client forever.
+            self.send_stream(now, ptype::OUTPUT, Bytes::new());
+        }
+    }
+
     /// Asks the agent to end the session (Flag TerminateSession, §9.2).
     pub fn terminate(&mut self, now: Instant) {
         if matches!(self.state, State::Ready(_)) {
@@ -568,6 +609,7 @@ impl Session {
         matches!(self.state, State::Ready(_))
             && self.paused_since.is_none()
             && self.outbox.unacked_bytes() < self.config.send_window
+            && self.gate != Gate::Reopen
     }
 
     /// Whether all input sent so far has been acknowledged.

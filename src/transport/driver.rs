@@ -35,6 +35,8 @@ pub struct DriverConfig {
     pub eof_quiet: Duration,
     /// Target id, for the KMS encryption context (§6).
     pub target: String,
+    /// `HOST:PORT` the agent dials (port forwarding), for messages.
+    pub destination: String,
 }
 
 impl Default for DriverConfig {
@@ -46,6 +48,7 @@ impl Default for DriverConfig {
             dead_after: Duration::from_secs(30),
             eof_quiet: Duration::from_secs(1),
             target: String::new(),
+            destination: String::new(),
         }
     }
 }
@@ -59,6 +62,12 @@ pub enum Input {
     Flag(u32),
     /// A terminal size (shell sessions).
     Resize(Size),
+    /// A local connection can take output now (port forwarding; before it, output is left
+    /// unacked when the session holds output). Answered once acted on: output sent before the
+    /// answer belongs to the previous connection.
+    Connected(oneshot::Sender<()>),
+    /// A basic-mode connection ended: DisconnectToPort, and output for it is dropped.
+    Disconnected,
 }
 
 /// The local ends of the relayed byte stream.
@@ -101,7 +110,7 @@ pub enum DriveError {
     #[error(transparent)]
     Aws(#[from] AwsError),
     /// The service closed the channel with a reason.
-    #[error("session closed by the service: {0}")]
+    #[error("session closed by the service: {0}{hint}", hint = closed_hint(.0))]
     ClosedWithError(String),
     /// The handshake did not complete or was refused.
     #[error("{0}: check that the SSM agent on the target is up to date and running")]
@@ -132,6 +141,16 @@ pub enum DriveError {
     /// The session no longer exists on the service.
     #[error("the session ended while disconnected (ResumeSession returned no token)")]
     Gone,
+}
+
+/// The fix for a known `channel_closed` reason.
+fn closed_hint(why: &str) -> &'static str {
+    if why.contains("Unable to connect to specified port") {
+        ": nothing accepted the connection on the target; check that the service runs and \
+         listens on that port there (ss -ltn)"
+    } else {
+        ""
+    }
 }
 
 impl DriveError {
@@ -296,9 +315,10 @@ impl Driver {
                     Event::Notice(text) => tracing::info!("{text}"),
                     Event::Stderr(bytes) => eprint!("{}", String::from_utf8_lossy(&bytes)),
                     Event::ExitCode(code) => self.exit_code = Some(code),
-                    Event::Flag(3) => {
-                        tracing::warn!("the agent could not connect to the destination port")
-                    }
+                    Event::Flag(3) => tracing::warn!(
+                        "the agent could not connect to the destination {}: check that a service listens there and that the target can reach it",
+                        self.config.destination
+                    ),
                     Event::Flag(f) => tracing::debug!(flag = f, "flag from agent"),
                     Event::Closed { output } => {
                         // Everything acked before the close is owed to the local reader.
@@ -360,6 +380,11 @@ impl Driver {
                         Some(Input::Data(b)) => self.session.handle_input(now, b),
                         Some(Input::Flag(f)) => self.session.send_flag(now, f),
                         Some(Input::Resize(size)) => self.session.handle_resize(now, size),
+                        Some(Input::Connected(done)) => {
+                            self.session.connected(now);
+                            let _ = done.send(());
+                        }
+                        Some(Input::Disconnected) => self.session.disconnect_to_port(now),
                         None => input_open = false,
                     }
                 }

@@ -30,6 +30,16 @@ impl Forwarder {
         Forwarder::spawn(&mut cmd)
     }
 
+    /// `BIN forward TARGET ARGS...` with `env` (the simulator's, the real agent's).
+    pub fn start_with(bin: &std::path::Path, env: &[(String, String)], args: &[&str]) -> Forwarder {
+        let mut cmd = Command::new(bin);
+        apply_env(&mut cmd, env)
+            .args(["forward", TARGET])
+            .args(args)
+            .stdout(Stdio::null());
+        Forwarder::spawn(&mut cmd)
+    }
+
     /// Runs `cmd` (in its own process group) and waits for its `listening on` line.
     pub fn spawn(cmd: &mut Command) -> Forwarder {
         cmd.stdin(Stdio::null()).stderr(Stdio::piped());
@@ -103,4 +113,48 @@ pub fn echo_round_trip(conn: TcpStream, len: usize, seed: u64) -> (String, Strin
     }
     send.join().expect("sender");
     (sent, sha.finish())
+}
+
+/// A server-first service: at accept it writes `HELLO <n>\n` (n counts connections from 1),
+/// then echoes. Runs until the test process ends.
+pub fn greeting_echo_server() -> u16 {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind greeter");
+    let port = listener.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for (n, conn) in listener.incoming().flatten().enumerate() {
+            thread::spawn(move || {
+                let mut w = conn.try_clone().expect("clone");
+                let mut r = conn;
+                if w.write_all(format!("HELLO {}\n", n + 1).as_bytes()).is_ok() {
+                    let _ = std::io::copy(&mut r, &mut w);
+                }
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// Reads a `HELLO <n>` greeting without sending anything first (the server speaks first), then
+/// echoes `len` bytes; returns n and the (sent, received) digests. Bytes left over from another
+/// connection would break the greeting or the digest.
+pub fn greeting_round_trip(conn: TcpStream, len: usize, seed: u64) -> (u64, String, String) {
+    let mut reader = conn.try_clone().expect("clone");
+    reader
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') && line.len() < 64 {
+        let n = reader.read(&mut byte).expect("read greeting");
+        assert!(n > 0, "closed before the greeting: {line:?}");
+        line.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&line).into_owned();
+    let n = text
+        .strip_prefix("HELLO ")
+        .and_then(|t| t.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("not a greeting: {text:?}"));
+    let (sent, received) = echo_round_trip(conn, len, seed);
+    (n, sent, received)
 }

@@ -1,0 +1,329 @@
+//! `ssm-proxy forward TARGET -L [BIND:]LPORT:[HOST:]RPORT`: local listeners whose connections
+//! reach a port on (or behind) the target through port-forwarding sessions, one session per
+//! `-L`. The agent version picks the mode (§8.1): smux with one stream per connection, or basic
+//! with one connection at a time.
+//!
+//! The engines take accepted connections from a channel rather than owning a listener, so TCP
+//! and Unix listeners and the plugin entry share them. A session the service ends (idle
+//! timeout, maximum duration, TerminateSession) ends the forward: no new session is started
+//! behind the administrator's back.
+
+mod basic;
+mod conn;
+mod mux;
+pub mod socks;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+pub use conn::{Conn, Listener, LocalStream};
+pub use mux::BACKLOG;
+
+use crate::aws::{Aws, AwsError, SessionGrant};
+use crate::cli::{AwsArgs, ForwardArgs};
+use crate::front::target::{self, TargetSpec};
+use crate::os;
+use crate::proto::{SessionConfig, SessionKind};
+use crate::transport::{DriveError, Driver, DriverConfig, End, Local};
+
+/// Bytes per local read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Serves every `-L` until a signal, the end of a session or a fatal error; returns the exit
+/// status.
+pub async fn run(args: ForwardArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
+    let spec = TargetSpec::parse(&args.target)?;
+    let (aws, profile) = super::connect(&aws_args).await?;
+    let target = target::resolve(&aws, &spec, profile.as_deref(), !aws_args.no_cache).await?;
+    let mut forwards = Vec::new();
+    let mut sockets = Vec::new();
+    let socks = Arc::new(socks::Socks {
+        aws: aws.clone(),
+        target: target.clone(),
+        resume_timeout: args.resume.resume_timeout,
+    });
+    for (bind, port) in &args.dynamic {
+        let listener = listen_on(bind, *port).await?;
+        sockets.extend(listener.path());
+        forwards.push(Job::Socks(socks.clone(), listener));
+    }
+    for spec in args.forwards {
+        let listener = listen_on(&spec.bind, spec.local_port).await?;
+        sockets.extend(listener.path());
+        let (document, parameters) = spec.document(listener.port());
+        let forward = Forward {
+            aws: aws.clone(),
+            target: target.clone(),
+            document: document.to_owned(),
+            parameters,
+            destination: format!("{}:{}", spec.host_label(), spec.remote_port),
+            resume_timeout: args.resume.resume_timeout,
+        };
+        forwards.push(Job::Forward(Box::new(forward), listener, None));
+    }
+    let status = serve(forwards).await;
+    for path in sockets {
+        let _ = std::fs::remove_file(path);
+    }
+    status
+}
+
+/// Serves one forward whose session was started by someone else (the AWS CLI, for the
+/// session-manager-plugin entry).
+pub async fn run_granted(
+    forward: Forward,
+    grant: SessionGrant,
+    listener: TcpListener,
+) -> anyhow::Result<u8> {
+    serve(vec![Job::Forward(
+        Box::new(forward),
+        Listener::Tcp(listener),
+        Some(grant),
+    )])
+    .await
+}
+
+/// Binds a local TCP port, with an error that says what to do when it is taken.
+pub async fn listen(bind: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let host = bind.trim_start_matches('[').trim_end_matches(']');
+    TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen on {bind}:{port}: choose another local port"))
+}
+
+/// Binds `-L`'s BIND: a TCP address, or a Unix socket path (anything with a `/`).
+async fn listen_on(bind: &str, port: u16) -> anyhow::Result<Listener> {
+    if bind.contains('/') {
+        #[cfg(unix)]
+        {
+            let l = tokio::net::UnixListener::bind(bind).with_context(|| {
+                format!("cannot listen on {bind}: remove the file or choose another path")
+            })?;
+            return Ok(Listener::Unix(l, bind.into()));
+        }
+        #[cfg(not(unix))]
+        anyhow::bail!(
+            "cannot listen on {bind}: Unix sockets are not available here; use a TCP port"
+        );
+    }
+    Ok(Listener::Tcp(listen(bind, port).await?))
+}
+
+/// Runs every forward until a signal (exit status of the signal) or until one has ended (its
+/// status; the others are stopped).
+async fn serve(jobs: Vec<Job>) -> anyhow::Result<u8> {
+    let mut signals = os::signals();
+    let mut stops = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for job in jobs {
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        stops.push(stop_tx);
+        match job {
+            Job::Forward(forward, listener, grant) => {
+                let label = listener.label();
+                let span = tracing::info_span!("forward", local = %label);
+                let conns = listener.spawn_accept();
+                tasks.spawn(
+                    async move {
+                        forward
+                            .session(Some(&label), conns, grant, stop_rx, None)
+                            .await
+                    }
+                    .instrument(span),
+                );
+            }
+            Job::Socks(socks, listener) => {
+                let label = listener.label();
+                eprintln!("listening on {label} -> {} SOCKS5", socks.target);
+                let span = tracing::info_span!("socks", local = %label);
+                let conns = listener.spawn_accept();
+                tasks.spawn(socks::serve(socks, conns, stop_rx).instrument(span));
+            }
+        }
+    }
+    let stop_all = |sig: i32| {
+        for s in &stops {
+            let _ = s.try_send(sig);
+        }
+    };
+    let first = tokio::select! {
+        sig = signals.recv() => {
+            let sig = sig.unwrap_or(os::SIGINT);
+            stop_all(sig);
+            while tasks.join_next().await.is_some() {}
+            return Ok(os::signal_exit_code(sig));
+        }
+        done = tasks.join_next() => done,
+    };
+    let status = match first {
+        None => 0,
+        Some(Ok(Ok(End::Signal(sig)))) => os::signal_exit_code(sig),
+        Some(Ok(Ok(end))) => {
+            eprintln!("ssm-proxy: {}", ended(&end));
+            0
+        }
+        Some(Ok(Err(e))) => {
+            eprintln!("ssm-proxy: {}", one_line(&format!("{e:#}")));
+            exit_code(&e)
+        }
+        Some(Err(e)) => anyhow::bail!("forward task failed: {e}"),
+    };
+    // One forward ended: the others stop too, so scripts see the process go.
+    stop_all(os::SIGTERM);
+    let wait_rest = async { while tasks.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(10), wait_rest).await;
+    Ok(status)
+}
+
+/// What one `-L` or `-D` serves.
+enum Job {
+    /// A forward, its listener, and its first session if someone else started it.
+    Forward(Box<Forward>, Listener, Option<SessionGrant>),
+    /// A SOCKS5 server.
+    Socks(Arc<socks::Socks>, Listener),
+}
+
+/// The one line for a session that ended without an error.
+fn ended(end: &End) -> String {
+    match end {
+        End::Closed => "the service closed the forwarding session (idle timeout, maximum \
+                        session duration or TerminateSession); start it again to continue"
+            .into(),
+        other => format!("forwarding session ended ({other:?})"),
+    }
+}
+
+/// The documented status of a failure: 69 unavailable, 77 denied, 1 otherwise.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|e| {
+            e.downcast_ref::<AwsError>()
+                .map(AwsError::exit_code)
+                .or_else(|| e.downcast_ref::<DriveError>().map(DriveError::exit_code))
+        })
+        .unwrap_or(1)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// One local listener and how to start the session that serves it.
+pub struct Forward {
+    /// SSM clients.
+    pub aws: Aws,
+    /// The resolved target id.
+    pub target: String,
+    /// Port-forwarding document.
+    pub document: String,
+    /// Its parameters.
+    pub parameters: HashMap<String, Vec<String>>,
+    /// `HOST:PORT` as seen from the target, for messages.
+    pub destination: String,
+    /// Seconds to keep trying to resume a lost connection.
+    pub resume_timeout: u64,
+}
+
+impl Forward {
+    /// Runs this forward's session until it ends; prints the `listening on` line for `label`
+    /// once the session is ready (scripts wait for it). With `idle`, the session ends after
+    /// that long without connections (multiplexed mode).
+    async fn session(
+        &self,
+        label: Option<&str>,
+        mut conns: mpsc::Receiver<Conn>,
+        grant: Option<SessionGrant>,
+        mut stop: mpsc::Receiver<i32>,
+        idle: Option<Duration>,
+    ) -> anyhow::Result<End> {
+        let grant = match grant {
+            Some(g) => g,
+            None => {
+                let start =
+                    self.aws
+                        .start_session(&self.target, &self.document, self.parameters.clone());
+                tokio::select! {
+                    grant = start => grant?,
+                    sig = stop.recv() => return Ok(End::Signal(sig.unwrap_or(os::SIGINT))),
+                }
+            }
+        };
+        let span = tracing::info_span!("session", id = %grant.session_id);
+        let config = DriverConfig {
+            resume_timeout: Duration::from_secs(self.resume_timeout),
+            target: self.target.clone(),
+            destination: self.destination.clone(),
+            session: SessionConfig {
+                hold_output: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut driver = Driver::connect(self.aws.clone(), grant, config)
+            .instrument(span.clone())
+            .await?;
+        let (input_tx, input) = mpsc::channel(16);
+        let (output, output_rx) = mpsc::channel::<Bytes>(16);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (signal_tx, mut signals) = mpsc::channel(1);
+        let run = async move {
+            driver
+                .run(Local { input, output }, Some(ready_tx), &mut signals)
+                .await
+        };
+        let mut driver_task = tokio::spawn(run.instrument(span.clone()));
+        let engine = async {
+            let Ok(kind) = ready_rx.await else { return };
+            tracing::info!(?kind, "forwarding");
+            match kind {
+                SessionKind::Mux { keepalive } => {
+                    announce(label, self);
+                    mux::engine(&mut conns, input_tx, output_rx, keepalive, idle).await
+                }
+                SessionKind::Basic => {
+                    announce(label, self);
+                    basic::engine(&mut conns, input_tx, output_rx).await
+                }
+                _ => tracing::error!("the document did not start a port-forwarding session"),
+            }
+        };
+        tokio::pin!(engine);
+        let mut engine_done = false;
+        let outcome = loop {
+            tokio::select! {
+                res = &mut driver_task => break res,
+                sig = stop.recv() => {
+                    let _ = signal_tx.send(sig.unwrap_or(os::SIGINT)).await;
+                }
+                // Polled until it completes, never after. Its end (listener gone, idle) ends
+                // the session.
+                _ = &mut engine, if !engine_done => {
+                    engine_done = true;
+                    let _ = signal_tx.try_send(os::SIGTERM);
+                }
+            }
+        };
+        match outcome.context("session task panicked")? {
+            Ok(outcome) => Ok(outcome.end),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The one line scripts wait for; printed whatever the verbosity, once the session is ready.
+fn announce(label: Option<&str>, forward: &Forward) {
+    let Some(label) = label else {
+        return tracing::info!(destination = %forward.destination, "session ready");
+    };
+    eprintln!(
+        "listening on {label} -> {} {}",
+        forward.target, forward.destination
+    );
+}
