@@ -215,6 +215,29 @@ pub struct ResumeArgs {
         env = "SSM_PROXY_RESUME_TIMEOUT"
     )]
     pub resume_timeout: u64,
+
+    /// Upload rate limit for a service limit known in advance: N messages per second, or N
+    /// followed by B, K or M for bytes per second (e.g. 500, 512K). Without it uploads are
+    /// still slowed down whenever the service sends pause_publication.
+    #[arg(
+        long,
+        value_name = "RATE",
+        value_parser = crate::proto::pacer::Rate::parse,
+        env = "SSM_PROXY_MAX_RATE"
+    )]
+    pub max_rate: Option<crate::proto::pacer::Rate>,
+}
+
+impl Cli {
+    /// The `--max-rate` of whichever session mode runs.
+    pub fn max_rate(&self) -> Option<crate::proto::pacer::Rate> {
+        match &self.command {
+            None => self.resume.max_rate,
+            Some(Command::Shell(a)) => a.resume.max_rate,
+            Some(Command::Forward(a)) => a.resume.max_rate,
+            Some(_) => None,
+        }
+    }
 }
 
 /// A mistake in the arguments found after parsing; reported like clap's errors (exit 2).

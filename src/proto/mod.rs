@@ -8,7 +8,9 @@
 pub mod frame;
 pub mod handshake;
 pub mod inbox;
+pub mod json;
 pub mod outbox;
+pub mod pacer;
 pub mod payload;
 pub mod rto;
 pub mod session;

@@ -130,6 +130,7 @@ async fn run_session(
         plugin: plan.plugin,
         kms_key: cfg.kms_key.clone(),
         bad_challenge: cfg.kms_bad_challenge,
+        fast: cfg.fast_agent,
         ..Default::default()
     };
     let mut agent = Agent::new(agent_cfg, start.into_std());
@@ -271,7 +272,8 @@ async fn run_session(
                     finished = Some(String::new());
                 }
             },
-            msg = next_message(&mut client), if !link.blackholed => {
+            // The faithful agent's read loop stops while its destination write blocks.
+            msg = next_message(&mut client), if !link.blackholed && agent.can_take_frames() => {
                 // What is already readable goes in the same turn, so its acks leave in one flush.
                 let mut next = Some(msg);
                 for _ in 0..=READ_BATCH {

@@ -42,6 +42,9 @@ pub struct SimConfig {
     pub pauses: PausePlan,
     /// Pace the agent like the real one: 1 ms sleep per 1 KiB read (§11).
     pub paced: bool,
+    /// The fast agent of benchmarks (a send window, per-message timers) instead of the
+    /// faithful one (see `agent::AgentConfig::fast`).
+    pub fast_agent: bool,
     /// AgentVersion announced in the handshake.
     pub agent_version: String,
     /// Seed for ids and faults.
@@ -73,6 +76,7 @@ impl Default for SimConfig {
             drops: DropPlan::default(),
             pauses: PausePlan::default(),
             paced: false,
+            fast_agent: false,
             agent_version: "3.3.1957.0".into(),
             seed: 1,
             fleet: fleet::default_fleet(),

@@ -41,6 +41,8 @@ pub struct PairConfig {
     pub time_limit: Duration,
     /// Encrypt the session with KMS (§6); the pair plays KMS itself.
     pub kms: bool,
+    /// Use the fast agent of benchmarks instead of the faithful one (see `AgentConfig::fast`).
+    pub fast_agent: bool,
 }
 
 impl Default for PairConfig {
@@ -57,6 +59,7 @@ impl Default for PairConfig {
             target_bytes_per_ms: None,
             time_limit: Duration::from_secs(600),
             kms: false,
+            fast_agent: false,
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct PairReport {
     pub elapsed: Duration,
     /// Client retransmissions.
     pub client_retransmissions: u64,
+    /// Agent retransmissions.
+    pub agent_retransmissions: u64,
     /// Link cuts survived.
     pub reconnects: u32,
     /// Frames the client rejected (bad digest).
@@ -106,6 +111,7 @@ pub fn run(cfg: &PairConfig) -> PairReport {
     let agent_cfg = AgentConfig {
         seed: cfg.seed.wrapping_add(7),
         kms_key: cfg.kms.then(|| "alias/pair".to_owned()),
+        fast: cfg.fast_agent,
         ..Default::default()
     };
     let mut agent = Agent::new(agent_cfg, now);
@@ -126,6 +132,9 @@ pub fn run(cfg: &PairConfig) -> PairReport {
     let mut drain_credit = 0usize;
     let mut target_unwritten = 0usize;
     let latency = Duration::from_micros(500);
+    // The faithful agent reads 1 KiB per millisecond whatever the acks (§16.3).
+    let mut next_read = t0;
+    let read_due = |now: Instant, next_read: Instant| cfg.fast_agent || now >= next_read;
 
     for _ in 0..50_000_000u64 {
         // Client side.
@@ -187,10 +196,15 @@ pub fn run(cfg: &PairConfig) -> PairReport {
                 | AgentEvent::ToService(_) => {}
             }
         }
-        if target_up && down_pos < download.len() && agent.can_read_target() {
+        if target_up
+            && down_pos < download.len()
+            && agent.can_read_target()
+            && read_due(now, next_read)
+        {
             let n = (download.len() - down_pos).min(1024);
             agent.handle_target_data(now, download.slice(down_pos..down_pos + n));
             down_pos += n;
+            next_read = now + Duration::from_millis(1);
         }
         while let Some(f) = agent.poll_transmit() {
             if link_up_at.is_none() {
@@ -207,13 +221,22 @@ pub fn run(cfg: &PairConfig) -> PairReport {
             break;
         }
         // Advance to the next thing that happens.
+        let reading = target_up && down_pos < download.len() && agent.can_read_target();
         let work_now =
             (ready && up_pos < upload.len() && client.can_accept_input() && link_up_at.is_none())
-                || (target_up && down_pos < download.len() && agent.can_read_target())
+                || (reading && read_due(now, next_read))
                 || (client.pending_output() > 0 && cfg.reader_bytes_per_ms.is_none());
+        // A side that does not take frames leaves them queued on the link (backpressure).
         let mut next = [
-            to_agent.peek().map(|r| r.0.0),
-            to_client.peek().map(|r| r.0.0),
+            to_agent
+                .peek()
+                .filter(|_| agent.can_take_frames())
+                .map(|r| r.0.0),
+            to_client
+                .peek()
+                .filter(|_| client.wants_frames())
+                .map(|r| r.0.0),
+            reading.then_some(next_read),
             client.poll_timeout(),
             agent.poll_timeout(),
             link_up_at,
@@ -253,12 +276,12 @@ pub fn run(cfg: &PairConfig) -> PairReport {
             client.handle_reconnect(now);
             agent.handle_client_reconnect(now);
         }
-        while to_agent.peek().is_some_and(|r| r.0.0 <= now) {
+        while agent.can_take_frames() && to_agent.peek().is_some_and(|r| r.0.0 <= now) {
             if let Some(Reverse((_, _, m))) = to_agent.pop() {
                 agent.handle_frame(now, &m);
             }
         }
-        while to_client.peek().is_some_and(|r| r.0.0 <= now) {
+        while client.wants_frames() && to_client.peek().is_some_and(|r| r.0.0 <= now) {
             if let Some(Reverse((_, _, m))) = to_client.pop() {
                 client.handle_frame(now, m);
             }
@@ -272,6 +295,7 @@ pub fn run(cfg: &PairConfig) -> PairReport {
     }
     report.elapsed = now - t0;
     report.client_retransmissions = client.retransmissions();
+    report.agent_retransmissions = agent.retransmissions();
     report.bad_frames = client.stats().bad_frames;
     report
 }
