@@ -207,11 +207,12 @@ pub fn run(cfg: &PairConfig) -> PairReport {
             next_read = now + Duration::from_millis(1);
         }
         while let Some(f) = agent.poll_transmit() {
-            if link_up_at.is_none() {
-                for (d, m) in down.apply(f) {
-                    tie += 1;
-                    to_client.push(Reverse((now + latency + d, tie, m)));
-                }
+            // While the client is away the service queues the agent's frames (as MGS and
+            // realagent's relay do) and delivers them on the next connection.
+            let at = link_up_at.unwrap_or(now);
+            for (d, m) in down.apply(f) {
+                tie += 1;
+                to_client.push(Reverse((at + latency + d, tie, m)));
             }
         }
         let done = report.received_by_target.len() == upload.len()
@@ -265,6 +266,7 @@ pub fn run(cfg: &PairConfig) -> PairReport {
         }
         now = next;
         if next_cut.is_some_and(|t| now >= t) {
+            // What was in flight on the old connection is lost.
             to_agent.clear();
             to_client.clear();
             link_up_at = Some(now + cfg.outage);
