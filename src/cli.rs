@@ -453,6 +453,22 @@ pub struct SimArgs {
     #[arg(long)]
     pub paced: bool,
 
+    /// Use the fast agent (a send window, every message on its own timer) instead of the one
+    /// that behaves like amazon-ssm-agent (oldest-only resend every 100 ms, no window); for
+    /// benchmarks of the client alone.
+    #[arg(long)]
+    pub fast_agent: bool,
+
+    /// Client messages per second per session above which the gateway sends pause_publication,
+    /// then closes the websocket if the client keeps sending.
+    #[arg(long, value_name = "N")]
+    pub max_msg_rate: Option<u32>,
+
+    /// Send every fifth frame with a longer header (HeaderLength 124), as the official parsers
+    /// allow.
+    #[arg(long)]
+    pub odd_headers: bool,
+
     /// Encrypt every session with this KMS key, as a kmsKeyId in the Session Manager
     /// preferences does (the agent asks for KMSEncryption in the handshake).
     #[arg(long, value_name = "KEY")]

@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::agent::{Agent, AgentConfig, AgentEvent, Plugin, PortMode};
 use super::faults::{DropPlan, Faults};
+use super::limit::{RateLimit, Verdict};
 use super::service::Service;
 use super::shell::{Shell, ShellEvent, ShellSpec};
 use super::target::{TargetEvent, Targets};
@@ -160,6 +161,8 @@ async fn run_session(
         })
     });
     let mut finished: Option<String> = None;
+    let mut limit = cfg.max_msg_rate.map(|n| RateLimit::new(n, start));
+    let mut odd = 0u32;
 
     loop {
         let now = Instant::now();
@@ -209,6 +212,11 @@ async fn run_session(
             }
         }
         while let Some(frame) = agent.poll_transmit() {
+            odd += 1;
+            let frame = match cfg.odd_headers && odd % 5 == 0 {
+                true => widen_header(&frame),
+                false => frame,
+            };
             for (delay, msg) in down.apply(frame) {
                 if delay.is_zero() {
                     link.relay(&mut client, msg).await;
@@ -247,6 +255,7 @@ async fn run_session(
             drop_at.map(|d| link.opened + d),
             pause.0,
             pause.1,
+            limit.as_ref().and_then(RateLimit::resume_at),
         ]
         .into_iter()
         .flatten()
@@ -281,6 +290,22 @@ async fn run_session(
                     match msg {
                         Some(Ok(Message::Binary(b))) => {
                             link.bytes += b.len() as u64;
+                            let data = b.get(4..21) == Some(&b"input_stream_data"[..]);
+                            match limit.as_mut().map(|l| l.on_message(now, data)) {
+                                Some(Verdict::Pause) => {
+                                    tracing::info!("sim: client above --max-msg-rate; pause_publication");
+                                    service.pauses.fetch_add(1, Ordering::Relaxed);
+                                    link.relay(&mut client, publication(MessageType::PausePublication)).await;
+                                }
+                                Some(Verdict::Close) => {
+                                    tracing::info!("sim: client kept sending while paused; closing");
+                                    if let Some(mut ws) = client.take() {
+                                        let _ = WebSocketStream::close(&mut *ws, None).await;
+                                    }
+                                    break;
+                                }
+                                _ => {}
+                            }
                             deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, b);
                         }
                         Some(Ok(Message::Text(t))) => deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, Bytes::from(t)),
@@ -321,6 +346,10 @@ async fn run_session(
             _ = tokio::time::sleep_until(deadline) => {
                 let now = Instant::now();
                 agent.handle_timeout(now.into_std());
+                if let Some(l) = limit.as_mut().filter(|l| l.resume_at().is_some_and(|t| t <= now)) {
+                    l.resumed(now);
+                    link.relay(&mut client, publication(MessageType::StartPublication)).await;
+                }
                 if pause.0.is_some_and(|t| t <= now) {
                     link.relay(&mut client, publication(MessageType::PausePublication)).await;
                     service.pauses.fetch_add(1, Ordering::Relaxed);
@@ -465,6 +494,21 @@ async fn next_message(
         Some(ws) => ws.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// The same frame with a HeaderLength of 124 (8 bytes of padding before PayloadLength): the
+/// official parsers take the payload from HL + 4, so clients must too (§16.3).
+fn widen_header(frame: &Bytes) -> Bytes {
+    const HL: usize = crate::proto::frame::HEADER_LEN as usize;
+    if frame.len() < HL + 4 || frame.get(..4) != Some(&(HL as u32).to_be_bytes()[..]) {
+        return frame.clone();
+    }
+    let mut b = BytesMut::with_capacity(frame.len() + 8);
+    b.put_u32(HL as u32 + 8);
+    b.put_slice(&frame[4..HL]);
+    b.put_bytes(0, 8);
+    b.put_slice(&frame[HL..]);
+    b.freeze()
 }
 
 /// A service `pause_publication` / `start_publication` (no payload, not sequenced, §7).
