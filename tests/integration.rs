@@ -3,6 +3,7 @@
 #![cfg(unix)]
 
 mod docs;
+mod e2e_backpressure;
 mod e2e_doctor;
 mod e2e_eic;
 mod e2e_errors;

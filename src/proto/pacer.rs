@@ -19,7 +19,9 @@ impl Rate {
     /// MiB).
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: f64 = num
             .parse()
@@ -39,7 +41,9 @@ impl Rate {
             "b" => Ok(bytes(1.0)),
             "k" | "kb" | "kib" => Ok(bytes(1024.0)),
             "m" | "mb" | "mib" => Ok(bytes(1024.0 * 1024.0)),
-            other => Err(format!("`{s}`: unknown unit `{other}` (use msg, B, K or M)")),
+            other => Err(format!(
+                "`{s}`: unknown unit `{other}` (use msg, B, K or M)"
+            )),
         }
     }
 }

@@ -425,7 +425,8 @@ impl Session {
             Err(e) => return self.fail(e.to_string()),
         }
         let challenge = req.requested_client_actions.iter().any(|a| {
-            a.action_type == "KMSEncryption" && super::json::get(&a.action_parameters, "Challenge").is_some()
+            a.action_type == "KMSEncryption"
+                && super::json::get(&a.action_parameters, "Challenge").is_some()
         });
         let mut result = serde_json::json!({
             "KMSCipherTextKey": BASE64.encode(ciphertext),

@@ -908,7 +908,8 @@ impl Agent {
             (_, 0) => flags::SYN,
             _ => 0,
         };
-        let id = (u128::from(next_random(&mut self.rng)) << 64) | u128::from(next_random(&mut self.rng));
+        let id =
+            (u128::from(next_random(&mut self.rng)) << 64) | u128::from(next_random(&mut self.rng));
         Frame {
             message_type: kind,
             schema_version: 1,
