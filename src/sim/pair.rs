@@ -13,6 +13,9 @@ use super::faults::{FaultPlan, Faults};
 use crate::proto::session::splitmix;
 use crate::proto::{Event, Session, SessionConfig};
 
+/// Messages the link holds towards the client before the agent's writes block.
+const LINK_BUFFER: usize = 256;
+
 /// A message in flight: (arrival time, tie-breaker, bytes).
 type InFlight = Reverse<(Instant, u64, Bytes)>;
 
@@ -43,6 +46,9 @@ pub struct PairConfig {
     pub kms: bool,
     /// Use the fast agent of benchmarks instead of the faithful one (see `AgentConfig::fast`).
     pub fast_agent: bool,
+    /// Feed the client frames even when it does not want them, and refuse past 1 MiB: the
+    /// client before backpressure, for comparisons.
+    pub ignore_backpressure: bool,
 }
 
 impl Default for PairConfig {
@@ -60,6 +66,7 @@ impl Default for PairConfig {
             time_limit: Duration::from_secs(600),
             kms: false,
             fast_agent: false,
+            ignore_backpressure: false,
         }
     }
 }
@@ -102,11 +109,15 @@ pub fn stream_bytes(seed: u64, len: usize) -> Vec<u8> {
 pub fn run(cfg: &PairConfig) -> PairReport {
     let t0 = Instant::now();
     let mut now = t0;
-    let session_cfg = SessionConfig {
+    let mut session_cfg = SessionConfig {
         seed: cfg.seed,
         ready_timeout: cfg.time_limit,
         ..Default::default()
     };
+    if cfg.ignore_backpressure {
+        session_cfg.output_hard_limit = session_cfg.output_limit;
+    }
+    let takes = |client: &Session| cfg.ignore_backpressure || client.wants_frames();
     let mut client = Session::new(session_cfg, now);
     let agent_cfg = AgentConfig {
         seed: cfg.seed.wrapping_add(7),
@@ -158,7 +169,8 @@ pub fn run(cfg: &PairConfig) -> PairReport {
             Some(_) => drain_credit,
             None => usize::MAX,
         };
-        if let Some(out) = (budget > 0)
+        // poll_output hands out at least one whole message: wait for credit for one.
+        if let Some(out) = (budget >= 1024)
             .then(|| client.poll_output(budget.min(64 * 1024)))
             .flatten()
         {
@@ -196,7 +208,11 @@ pub fn run(cfg: &PairConfig) -> PairReport {
                 | AgentEvent::ToService(_) => {}
             }
         }
+        // The agent's websocket writes block once the socket buffers towards the client are full
+        // (about 256 messages): then it neither reads its destination nor resends (§16.3).
+        let link_full = to_client.len() >= LINK_BUFFER;
         if target_up
+            && !link_full
             && down_pos < download.len()
             && agent.can_read_target()
             && read_due(now, next_read)
@@ -222,7 +238,10 @@ pub fn run(cfg: &PairConfig) -> PairReport {
             break;
         }
         // Advance to the next thing that happens.
-        let reading = target_up && down_pos < download.len() && agent.can_read_target();
+        let reading = target_up
+            && to_client.len() < LINK_BUFFER
+            && down_pos < download.len()
+            && agent.can_read_target();
         let work_now =
             (ready && up_pos < upload.len() && client.can_accept_input() && link_up_at.is_none())
                 || (reading && read_due(now, next_read))
@@ -235,11 +254,13 @@ pub fn run(cfg: &PairConfig) -> PairReport {
                 .map(|r| r.0.0),
             to_client
                 .peek()
-                .filter(|_| client.wants_frames())
+                .filter(|_| takes(&client))
                 .map(|r| r.0.0),
             reading.then_some(next_read),
             client.poll_timeout(),
-            agent.poll_timeout(),
+            agent
+                .poll_timeout()
+                .filter(|_| to_client.len() < LINK_BUFFER),
             link_up_at,
             next_cut,
             cfg.reader_bytes_per_ms
@@ -283,7 +304,7 @@ pub fn run(cfg: &PairConfig) -> PairReport {
                 agent.handle_frame(now, &m);
             }
         }
-        while client.wants_frames() && to_client.peek().is_some_and(|r| r.0.0 <= now) {
+        while takes(&client) && to_client.peek().is_some_and(|r| r.0.0 <= now) {
             if let Some(Reverse((_, _, m))) = to_client.pop() {
                 client.handle_frame(now, m);
             }
@@ -291,7 +312,7 @@ pub fn run(cfg: &PairConfig) -> PairReport {
         if client.poll_timeout().is_some_and(|t| t <= now) {
             client.handle_timeout(now);
         }
-        if agent.poll_timeout().is_some_and(|t| t <= now) {
+        if to_client.len() < LINK_BUFFER && agent.poll_timeout().is_some_and(|t| t <= now) {
             agent.handle_timeout(now);
         }
     }
@@ -375,6 +396,39 @@ mod tests {
             down: bad,
             ..Default::default()
         });
+    }
+
+    /// Retransmissions per MiB downloaded into a slow reader from the faithful agent, with the
+    /// client refusing past 1 MiB (before) and with backpressure (after).
+    #[test]
+    fn slow_reader_retransmissions_per_mib() {
+        let mib = 4;
+        let run_with = |ignore_backpressure| {
+            let cfg = PairConfig {
+                upload: 1024,
+                download: mib << 20,
+                reader_bytes_per_ms: Some(32),
+                ignore_backpressure,
+                time_limit: Duration::from_secs(3600),
+                ..Default::default()
+            };
+            let r = run(&cfg);
+            let per_mib = (r.agent_retransmissions + r.client_retransmissions) as f64 / mib as f64;
+            eprintln!(
+                "ignore_backpressure={ignore_backpressure}: {} of {} B in {:?}, {per_mib:.1} retransmissions/MiB",
+                r.received_by_client.len(),
+                cfg.download,
+                r.elapsed
+            );
+            (r, per_mib)
+        };
+        // Both deliver; the numbers are for the record (the faithful agent resends its oldest
+        // message every tick while the slow reader has not acked it, whichever the client).
+        let (before, _) = run_with(true);
+        let (after, _) = run_with(false);
+        assert_eq!(before.received_by_client.len(), mib << 20);
+        assert_eq!(after.received_by_client.len(), mib << 20);
+        assert!(after.max_client_buffered <= SessionConfig::default().output_limit + 1024);
     }
 
     #[test]
