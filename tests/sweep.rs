@@ -44,6 +44,7 @@ fn scenario(seed: u64) -> PairConfig {
         time_limit: Duration::from_secs(120),
         kms: seed.is_multiple_of(5),
         fast_agent: false,
+        ignore_backpressure: false,
     }
 }
 

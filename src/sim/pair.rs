@@ -252,10 +252,7 @@ pub fn run(cfg: &PairConfig) -> PairReport {
                 .peek()
                 .filter(|_| agent.can_take_frames())
                 .map(|r| r.0.0),
-            to_client
-                .peek()
-                .filter(|_| takes(&client))
-                .map(|r| r.0.0),
+            to_client.peek().filter(|_| takes(&client)).map(|r| r.0.0),
             reading.then_some(next_read),
             client.poll_timeout(),
             agent
