@@ -213,7 +213,7 @@ async fn run_session(
         }
         while let Some(frame) = agent.poll_transmit() {
             odd += 1;
-            let frame = match cfg.odd_headers && odd % 5 == 0 {
+            let frame = match cfg.odd_headers && odd.is_multiple_of(5) {
                 true => widen_header(&frame),
                 false => frame,
             };
