@@ -4,7 +4,7 @@
 //! injecting the configured faults on the way (§12.5).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -110,6 +110,9 @@ pub fn spawn_session(plan: SessionPlan, service: Arc<Service>) -> mpsc::Unbounde
     });
     tx
 }
+
+/// Frames kept for a client that is away (realagent's relay queue holds 2048 per direction).
+const WAITING_FRAMES: usize = 4096;
 
 /// Client messages already readable that one turn takes after the first.
 const READ_BATCH: usize = 256;
@@ -266,6 +269,7 @@ async fn run_session(
                 Some(Attach::Client(ws)) => {
                     client = Some(ws);
                     link.attached(now, !opened_once && cfg.drops.in_handshake);
+                    link.deliver_waiting(&mut client).await;
                     if opened_once {
                         agent.handle_client_reconnect(now.into_std());
                     } else {
@@ -396,6 +400,8 @@ struct LinkState {
     kills: u32,
     kill_in_handshake: bool,
     blackholed: bool,
+    /// Frames for a client that is away.
+    waiting: VecDeque<Bytes>,
 }
 
 impl Default for LinkState {
@@ -406,12 +412,16 @@ impl Default for LinkState {
             kills: 0,
             kill_in_handshake: false,
             blackholed: false,
+            waiting: VecDeque::new(),
         }
     }
 }
 
 impl LinkState {
     fn attached(&mut self, now: Instant, kill_in_handshake: bool) {
+        if self.blackholed {
+            self.waiting.clear();
+        }
         self.opened = now;
         self.bytes = 0;
         self.blackholed = false;
@@ -435,10 +445,26 @@ impl LinkState {
             return;
         }
         self.bytes += msg.len() as u64;
-        if let Some(ws) = client.as_mut()
-            && ws.feed(Message::binary(msg)).await.is_err()
+        match client.as_mut() {
+            Some(ws) => {
+                if ws.feed(Message::binary(msg)).await.is_err() {
+                    *client = None;
+                }
+            }
+            // The service keeps the agent's frames while the client is away and delivers them
+            // on its next connection (as realagent's relay does); the faithful agent would
+            // otherwise resend them one per 100 ms.
+            None if self.waiting.len() < WAITING_FRAMES => self.waiting.push_back(msg),
+            None => {}
+        }
+    }
+
+    /// Delivers the frames kept while the client was away.
+    async fn deliver_waiting(&mut self, client: &mut Option<Box<Ws>>) {
+        while client.is_some()
+            && let Some(msg) = self.waiting.pop_front()
         {
-            *client = None;
+            self.relay(client, msg).await;
         }
     }
 
