@@ -446,6 +446,7 @@ impl LinkState {
         }
         self.bytes += msg.len() as u64;
         match client.as_mut() {
+            #[allow(clippy::collapsible_match)]
             Some(ws) => {
                 if ws.feed(Message::binary(msg)).await.is_err() {
                     *client = None;
