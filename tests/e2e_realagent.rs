@@ -153,7 +153,7 @@ fn shell_command_exit_status_and_streams() {
     assert_eq!(text(&out.stderr).trim(), "err", "{out:?}");
     let sessions = ra.assert_sessions_ended(1);
     assert_eq!(
-        sessions[0]["Properties"]["separateOutputStream"], "true",
+        sessions[0]["Properties"]["linux"]["separateOutputStream"], "true",
         "{sessions:#?}"
     );
 }
