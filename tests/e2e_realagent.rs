@@ -623,7 +623,11 @@ fn simulator_matches_realagent() {
         scenarios(&sshd, &with_home(sim.env()))
     };
     for ((name, r), (_, s)) in real.iter().zip(&simulated) {
-        assert_eq!(s, r, "{name}: simulator (left) vs realagent (right)");
+        assert_eq!(
+            s, r,
+            "{name}: simulator (left, stderr {:?}) vs realagent (right, stderr {:?})",
+            s.stderr, r.stderr
+        );
     }
     // The stream scenarios above must not be vacuous.
     assert_eq!(real[2].1.code, Some(3));
