@@ -200,6 +200,7 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
         profile: nonempty(&args.profile),
         region: nonempty(&args.region),
         endpoint_url: args.endpoint.clone(),
+        reason: None,
     })
     .await?;
     // From here on, a failure must not leave the session the AWS CLI started running.
