@@ -320,7 +320,8 @@ fn aws_start_session_through_the_drop_in_runs_commands_and_shells() {
             "--document-name",
             "AWS-StartNonInteractiveCommand",
             "--parameters",
-            r#"{"command": ["echo from-command; echo to-stderr >&2"]}"#,
+            // Without separateOutputStream the agent merges stderr into the output.
+            r#"{"command": ["echo from-command; echo to-stderr >&2"], "separateOutputStream": ["true"]}"#,
         ],
         Stdio::null(),
     );

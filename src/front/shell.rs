@@ -4,7 +4,9 @@
 //! On a terminal the local side is put in raw mode (restored on every way out: normal end, error,
 //! signal, panic), the window size is sent at start and on every change, and ssh-style `~`
 //! escapes are read after a newline. Without a terminal the bytes pass as they are. The exit
-//! status is the remote command's (ExitCode payload), or 0 when the channel closed without one.
+//! status is the remote command's (ExitCode payload, which the agent sends only for
+//! NonInteractiveCommands with `separateOutputStream=true`, so we ask for it), or 0 when the
+//! channel closed without one.
 //! Nothing here speaks the protocol: the [`Driver`] does.
 
 use std::collections::HashMap;
@@ -30,6 +32,10 @@ pub const SHELL_DOCUMENT: &str = "SSM-SessionManagerRunShell";
 pub const INTERACTIVE_DOCUMENT: &str = "AWS-StartInteractiveCommand";
 /// One command on pipes, with separate stderr and an exit code.
 pub const COMMAND_DOCUMENT: &str = "AWS-StartNonInteractiveCommand";
+
+/// The NonInteractiveCommands parameter that makes the agent send stderr apart and the exit
+/// status at the end.
+const SEPARATE_OUTPUT: &str = "separateOutputStream";
 
 /// Not a signal number: the `~.` escape asks the driver to end the session. It travels on the
 /// driver's signal channel, which already means "terminate the session and return".
@@ -73,8 +79,17 @@ impl Plan {
             true => INTERACTIVE_DOCUMENT,
             false => COMMAND_DOCUMENT,
         };
+        let document = args.document.clone().unwrap_or_else(|| default.into());
+        if document == COMMAND_DOCUMENT {
+            // Without it the agent merges stderr into the output and reports no exit status
+            // (agent `shell.go`: only `processCommandsWithOutputStreamSeparate` sends StdErr
+            // and `EXIT_CODE: n`).
+            parameters
+                .entry(SEPARATE_OUTPUT.into())
+                .or_insert_with(|| vec!["true".into()]);
+        }
         Ok(Self {
-            document: args.document.clone().unwrap_or_else(|| default.into()),
+            document,
             parameters,
             remote_tty: args.tty,
         })

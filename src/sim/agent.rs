@@ -566,9 +566,22 @@ impl Agent {
         }
     }
 
-    /// Standard error of a NonInteractiveCommands process: StdErr messages, chunked like output.
+    /// Standard error of a NonInteractiveCommands process: StdErr messages, chunked like output,
+    /// when the document asked for `separateOutputStream`; otherwise merged into the output.
     pub fn handle_target_stderr(&mut self, now: Instant, data: Bytes) {
-        self.send_text(now, ptype::STDERR, &data);
+        match self.separate_output() {
+            true => self.send_text(now, ptype::STDERR, &data),
+            false => self.send_text(now, ptype::OUTPUT, &data),
+        }
+    }
+
+    /// NonInteractiveCommands with `separateOutputStream` true (Go's `strconv.ParseBool`): the
+    /// only case in which the real agent sends StdErr and ExitCode payloads (`shell.go`).
+    fn separate_output(&self) -> bool {
+        let value = self.config.properties.get("separateOutputStream");
+        let value = value.and_then(Value::as_str).unwrap_or("false");
+        self.config.plugin == Plugin::NonInteractiveCommands
+            && matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True")
     }
 
     /// The shell or command could not be started: the session fails.
@@ -577,7 +590,8 @@ impl Agent {
     }
 
     /// The shell or command exited and its output was read: send what is held back, the exit
-    /// code for NonInteractiveCommands (§12.4), then drain and finish like a closed destination.
+    /// code for NonInteractiveCommands with separate output (§12.4), then drain and finish like
+    /// a closed destination.
     pub fn handle_process_exit(&mut self, now: Instant, code: i32) {
         for (i, pt) in [(0, ptype::OUTPUT), (1, ptype::STDERR)] {
             let tail = std::mem::take(&mut self.text_tail[i]);
@@ -585,7 +599,7 @@ impl Agent {
                 self.send(now, pt, Bytes::from(tail));
             }
         }
-        if self.config.plugin == Plugin::NonInteractiveCommands && self.phase == Phase::Running {
+        if self.separate_output() && self.phase == Phase::Running {
             self.send(now, ptype::EXIT_CODE, format!("EXIT_CODE: {code}").into());
         }
         self.handle_target_eof(now);

@@ -252,7 +252,12 @@ impl Service {
                         "Parameter \"command\" is required by the document.",
                     )
                 })?;
-                json!({"command": command})
+                // NonInteractiveCommands: stderr apart and the exit status only on request
+                // (the document's `separateOutputStream`, default "false").
+                match param("separateOutputStream") {
+                    Some(separate) => json!({"command": command, "separateOutputStream": separate}),
+                    None => json!({"command": command}),
+                }
             }
             "AWS-StartSSHSession" => json!({"portNumber": port_param(param("portNumber"), "22")?}),
             "AWS-StartPortForwardingSession" => json!({

@@ -32,8 +32,16 @@ pub struct DriverConfig {
     pub ping_interval: Duration,
     /// Silence after which the websocket is presumed dead.
     pub dead_after: Duration,
-    /// After local EOF, how long the remote may stay silent before we end the session.
-    pub eof_quiet: Duration,
+    /// After local EOF (all input acked), how long to wait in silence for the agent's
+    /// channel_closed before ending the session ourselves. The official client sends nothing on
+    /// EOF: the agent ends the session when its destination closes. A TerminateSession flag
+    /// sent at once races the destination's own close (the agent then logs "Failed to read
+    /// from port").
+    pub eof_wait: Duration,
+    /// Byte-stream sessions under ssh: this signal (SIGHUP: ssh hanging up on its ProxyCommand
+    /// as it exits) and a vanished stdout reader end the local side like EOF does, and the
+    /// session still ends with the agent's channel_closed (bounded by `eof_wait`).
+    pub hangup: Option<i32>,
     /// Target id, for the KMS encryption context (§6).
     pub target: String,
     /// `HOST:PORT` the agent dials (port forwarding), for messages.
@@ -59,7 +67,8 @@ impl Default for DriverConfig {
             resume_timeout: Duration::from_secs(300),
             ping_interval: Duration::from_secs(10),
             dead_after: Duration::from_secs(30),
-            eof_quiet: Duration::from_secs(1),
+            eof_wait: Duration::from_secs(5),
+            hangup: None,
             target: String::new(),
             destination: String::new(),
         }
@@ -96,7 +105,8 @@ pub struct Local {
 pub enum End {
     /// The service sent channel_closed with an empty Output.
     Closed,
-    /// Local input ended and the remote went quiet; we terminated the session.
+    /// Local input ended and no channel_closed came within `eof_wait`; we terminated the
+    /// session.
     LocalEof,
     /// The local reader went away (EPIPE); we terminated the session.
     LocalGone,
@@ -305,6 +315,10 @@ impl Driver {
     ) -> Result<Outcome, DriveError> {
         let mut input_open = true;
         let mut eof_quiet_until: Option<Instant> = None;
+        // Byte-stream sessions: the local reader is gone (its output is dropped) and when ssh
+        // hung up, the bound on waiting for the agent to end the session.
+        let mut output_gone = false;
+        let mut hangup_until: Option<Instant> = None;
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -353,25 +367,36 @@ impl Driver {
                 }
             }
             let now = Instant::now();
+            if output_gone {
+                while self.session.poll_output(64 * 1024).is_some() {}
+            }
             if !input_open && self.session.all_acked() && self.session.pending_output() == 0 {
-                let quiet = *eof_quiet_until.get_or_insert(now + self.config.eof_quiet);
+                let quiet = *eof_quiet_until.get_or_insert(now + self.config.eof_wait);
                 if now >= quiet {
+                    tracing::info!(wait = ?self.config.eof_wait, "no channel_closed after local EOF; terminating the session");
                     return Ok(self.finish(End::LocalEof).await);
                 }
+            }
+            if hangup_until.is_some_and(|t| now >= t) {
+                return Ok(self
+                    .finish(End::Signal(self.config.hangup.unwrap_or(0)))
+                    .await);
             }
             let timer = [
                 self.session.poll_timeout().map(Instant::from_std),
                 eof_quiet_until,
+                hangup_until,
             ]
             .into_iter()
             .flatten()
             .min()
             .unwrap_or(now + Duration::from_secs(3600));
             let accept = input_open && self.session.can_accept_input();
-            let has_output = self.session.pending_output() > 0;
+            let has_output = !output_gone && self.session.pending_output() > 0;
             // Backpressure: while the local side has a full buffer to take, the websocket is
-            // not read, so the service and the agent wait instead of our dropping data.
-            let read = self.session.wants_frames();
+            // not read, so the service and the agent wait instead of our dropping data. A
+            // vanished reader takes nothing: keep reading for the agent's channel_closed.
+            let read = output_gone || self.session.wants_frames();
             let mut lost = false;
             tokio::select! {
                 msg = self.reader.next(), if read => {
@@ -411,6 +436,10 @@ impl Driver {
                             permit.send(out);
                         }
                     }
+                    Err(_) if self.config.hangup.is_some() => {
+                        tracing::debug!("local reader gone; waiting for the agent to end the session");
+                        output_gone = true;
+                    }
                     Err(_) => return Ok(self.finish(End::LocalGone).await),
                 },
                 _ = tokio::time::sleep_until(timer) => self.session.handle_timeout(Instant::now().into_std()),
@@ -426,7 +455,15 @@ impl Driver {
                         let _ = self.writer.send(Message::Ping(Bytes::from_static(b"keepalive")));
                     }
                 }
-                sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
+                sig = signals.recv() => match sig {
+                    Some(sig) if Some(sig) == self.config.hangup => {
+                        // ssh has exited: its pipes end too, and the agent ends the session
+                        // when sshd closes; don't race that with a TerminateSession flag.
+                        tracing::debug!("SIGHUP: waiting for the agent to end the session");
+                        hangup_until.get_or_insert(Instant::now() + self.config.eof_wait);
+                    }
+                    sig => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
+                },
             }
             if lost {
                 // Notices (shown at default verbosity): a resume can take minutes, and
