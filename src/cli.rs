@@ -178,7 +178,8 @@ pub enum Command {
 Escapes (on a terminal, right after Enter): ~. disconnects, ~? lists them, ~~ sends one ~.
 See docs/shell.md.")]
 pub struct ShellArgs {
-    /// Instance or managed-node id, a Name tag value, or tag:KEY=VALUE.
+    /// Instance or managed-node id, a Name tag value, tag:KEY=VALUE, or an ECS container
+    /// ecs:CLUSTER/TASK[/CONTAINER] (TASK: task id or service name; docs/ecs.md).
     pub target: String,
 
     /// Run this instead of a shell (after `--`). Several words are quoted for the remote sh;
@@ -290,7 +291,7 @@ AWS-StartPortForwardingSession, otherwise AWS-StartPortForwardingSessionToRemote
 LPORT 0 picks a free port. One line per forward is printed to stderr when it listens:
   listening on 127.0.0.1:PORT -> TARGET HOST:RPORT")]
 pub struct ForwardArgs {
-    /// Instance or managed-node id.
+    /// Instance or managed-node id (names and tags too), or ecs:CLUSTER/TASK[/CONTAINER].
     pub target: String,
 
     /// A forward: [BIND:]LPORT:[HOST:]RPORT (repeatable; BIND defaults to 127.0.0.1).

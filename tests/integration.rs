@@ -4,6 +4,7 @@
 
 mod docs;
 mod e2e_doctor;
+mod e2e_ecs;
 mod e2e_eic;
 mod e2e_errors;
 mod e2e_faults;

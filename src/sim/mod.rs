@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod ecs;
 pub mod faults;
 pub mod fleet;
 pub mod gateway;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+pub use ecs::SimTask;
 pub use faults::{DropPlan, FaultPlan, PausePlan};
 pub use fleet::SimInstance;
 pub use service::{Service, SimStats};
@@ -61,6 +63,8 @@ pub struct SimConfig {
     pub kms_denied: Vec<String>,
     /// The agent sends an encryption challenge the client cannot decrypt.
     pub kms_bad_challenge: bool,
+    /// The ECS tasks the fake ECS API knows (default: cluster `sim`, service `web`).
+    pub ecs_tasks: Vec<SimTask>,
 }
 
 impl Default for SimConfig {
@@ -82,6 +86,7 @@ impl Default for SimConfig {
             kms_key: None,
             kms_denied: Vec::new(),
             kms_bad_challenge: false,
+            ecs_tasks: ecs::default_tasks(),
         }
     }
 }
@@ -134,6 +139,8 @@ impl SimServer {
             ("AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT", self.endpoint()),
             ("AWS_ENDPOINT_URL_STS", self.endpoint()),
             ("AWS_ENDPOINT_URL_KMS", self.endpoint()),
+            // Its own path: SSM calls sent there are refused, as the real ECS endpoint would.
+            ("AWS_ENDPOINT_URL_ECS", format!("{}{}", self.endpoint(), api::ECS_PATH)),
             (
                 "SSM_PROXY_SSMMESSAGES_ENDPOINT",
                 self.service.ws_base().to_owned(),
