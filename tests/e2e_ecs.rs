@@ -82,8 +82,15 @@ fn aws_ecs_execute_command_through_the_drop_in() {
     let stats = sim.stats();
     assert_eq!(stats.started, 1);
     assert_eq!(stats.encrypted, 1, "the session was not KMS-encrypted");
-    assert!(stats.resumed >= 1, "no ResumeSession reached SSM: {stats:?}");
-    assert_eq!(sim.service().misrouted(), 0, "an SSM call went to the ECS endpoint");
+    assert!(
+        stats.resumed >= 1,
+        "no ResumeSession reached SSM: {stats:?}"
+    );
+    assert_eq!(
+        sim.service().misrouted(),
+        0,
+        "an SSM call went to the ECS endpoint"
+    );
     assert!(
         wait_until(10, || sim.active_sessions() == 0),
         "session left on the service"
@@ -102,15 +109,23 @@ fn shell_ecs_by_task_id_and_by_service_name() {
         &[&format!("ecs:sim/{TASK}/app"), "--", "echo by-id-$((6*7))"],
     );
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("by-id-42"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("by-id-42"),
+        "{out:?}"
+    );
 
     // A service name: its first running task, named at -v.
     let out = shell(&sim, &["-v", "ecs:sim/web", "--", "echo", "by service"]);
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("by service"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("by service"),
+        "{out:?}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("first running task") && stderr.contains(TASK) && stderr.contains("running=2"),
+        stderr.contains("first running task")
+            && stderr.contains(TASK)
+            && stderr.contains("running=2"),
         "{stderr}"
     );
     // An interactive shell fed from a pipe (the default command, /bin/sh).
@@ -121,7 +136,10 @@ fn shell_ecs_by_task_id_and_by_service_name() {
         .args(["shell", "ecs:sim/web/app"])
         .stdin(std::fs::File::open(script.join("in.sh")).expect("open"));
     let out = run_with_timeout(&mut cmd, BOUND);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("piped-42"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("piped-42"),
+        "{out:?}"
+    );
     assert_eq!(sim.stats().started, 3);
     assert!(wait_until(10, || sim.active_sessions() == 0));
 }
@@ -131,7 +149,12 @@ fn forward_to_an_ecs_container_carries_8_mib() {
     let sim = sim(vec![web_task()], |_| {});
     let mut cmd = Command::new(proxy_bin());
     apply_env(&mut cmd, &sim.env())
-        .args(["forward", "ecs:sim/web", "-L", &format!("0:{}", echo_server())])
+        .args([
+            "forward",
+            "ecs:sim/web",
+            "-L",
+            &format!("0:{}", echo_server()),
+        ])
         .stdout(Stdio::null());
     let fwd = Forwarder::spawn(&mut cmd);
     let (sent, received) = echo_round_trip(fwd.connect(), 8 << 20, 15);
@@ -154,15 +177,39 @@ fn ecs_failures_are_one_line_each() {
     let web_target = format!("ecs:sim_{TASK}_{TASK}-1000");
     let sim = sim(tasks, |c| c.denied = vec![id(5), web_target.clone()]);
     let cases = [
-        (format!("ecs:sim/{}", id(1)), "execute-command is not enabled on ECS task", 78),
-        (format!("ecs:sim/{}", id(2)), "ExecuteCommandAgent of container app", 69),
+        (
+            format!("ecs:sim/{}", id(1)),
+            "execute-command is not enabled on ECS task",
+            78,
+        ),
+        (
+            format!("ecs:sim/{}", id(2)),
+            "ExecuteCommandAgent of container app",
+            69,
+        ),
         (format!("ecs:sim/{}", id(3)), "is STOPPED, not RUNNING", 69),
-        (format!("ecs:sim/{}", id(4)), "has several containers (app, sidecar)", 78),
+        (
+            format!("ecs:sim/{}", id(4)),
+            "has several containers (app, sidecar)",
+            78,
+        ),
         (format!("ecs:sim/{}/db", id(4)), "has no container db", 78),
         (format!("ecs:sim/{}", id(5)), "allow ecs:ExecuteCommand", 77),
-        ("ecs:sim/nosuch".to_owned(), "no ECS task or service nosuch", 69),
-        ("ecs:nocluster/web".to_owned(), "no ECS cluster nocluster", 69),
-        ("ecs:sim/".to_owned(), "is not ecs:CLUSTER/TASK[/CONTAINER]", 2),
+        (
+            "ecs:sim/nosuch".to_owned(),
+            "no ECS task or service nosuch",
+            69,
+        ),
+        (
+            "ecs:nocluster/web".to_owned(),
+            "no ECS cluster nocluster",
+            69,
+        ),
+        (
+            "ecs:sim/".to_owned(),
+            "is not ecs:CLUSTER/TASK[/CONTAINER]",
+            2,
+        ),
     ];
     for (target, expected, code) in cases {
         let out = shell(&sim, &[&target, "--", "true"]);
@@ -172,11 +219,7 @@ fn ecs_failures_are_one_line_each() {
         assert_eq!(out.status.code(), Some(code), "{target}: {line}");
     }
     // ssm:StartSession denied on the container (port forwarding uses SSM, not ECS).
-    let out = proxy_run(
-        &sim.env(),
-        &["forward", "ecs:sim/web", "-L", "0:9"],
-        BOUND,
-    );
+    let out = proxy_run(&sim.env(), &["forward", "ecs:sim/web", "-L", "0:9"], BOUND);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("forward: {stderr}");
     assert!(!out.status.success(), "{out:?}");

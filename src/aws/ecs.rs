@@ -77,12 +77,12 @@ impl Aws {
             Some(t) => t,
             None => {
                 let id = self.ecs_service_task(cluster, task).await?;
-                self.ecs_task(cluster, &id).await?.ok_or_else(|| {
-                    AwsError::EcsNotFound {
+                self.ecs_task(cluster, &id)
+                    .await?
+                    .ok_or_else(|| AwsError::EcsNotFound {
                         what: format!("task {id} in cluster {cluster}"),
                         region: self.region.clone(),
-                    }
-                })?
+                    })?
             }
         };
         pick_container(cluster, &task, container)
@@ -186,24 +186,24 @@ fn pick_container(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let chosen = match (container, task.containers()) {
-        (None, [one]) => one,
-        (None, _) => {
-            return Err(AwsError::EcsContainer {
-                task: id,
-                why: "several containers".into(),
-                names: names(),
-            });
-        }
-        (Some(name), all) => all
-            .iter()
-            .find(|c| c.name() == Some(name))
-            .ok_or_else(|| AwsError::EcsContainer {
-                task: id.clone(),
-                why: format!("no container {name}"),
-                names: names(),
+    let chosen =
+        match (container, task.containers()) {
+            (None, [one]) => one,
+            (None, _) => {
+                return Err(AwsError::EcsContainer {
+                    task: id,
+                    why: "several containers".into(),
+                    names: names(),
+                });
+            }
+            (Some(name), all) => all.iter().find(|c| c.name() == Some(name)).ok_or_else(|| {
+                AwsError::EcsContainer {
+                    task: id.clone(),
+                    why: format!("no container {name}"),
+                    names: names(),
+                }
             })?,
-    };
+        };
     let name = chosen.name().unwrap_or_default().to_owned();
     let agent = chosen
         .managed_agents()

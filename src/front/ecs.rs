@@ -124,8 +124,10 @@ mod tests {
 
     #[test]
     fn hand_offs_from_ecs_are_recognised() {
-        let camel: Value = serde_json::json!({"sessionId": "s", "streamUrl": "u", "tokenValue": "t"});
-        let pascal: Value = serde_json::json!({"SessionId": "s", "StreamUrl": "u", "TokenValue": "t"});
+        let camel: Value =
+            serde_json::json!({"sessionId": "s", "streamUrl": "u", "tokenValue": "t"});
+        let pascal: Value =
+            serde_json::json!({"SessionId": "s", "StreamUrl": "u", "TokenValue": "t"});
         assert_eq!(
             field(&camel, "TokenValue").and_then(Value::as_str),
             Some("t")

@@ -222,7 +222,9 @@ pub async fn resolve(
             task,
             container,
         } => {
-            let found = aws.ecs_container(cluster, task, container.as_deref()).await?;
+            let found = aws
+                .ecs_container(cluster, task, container.as_deref())
+                .await?;
             tracing::info!(target = %spec.describe(), id = %found.target(), "ECS container");
             return Ok(found.target());
         }

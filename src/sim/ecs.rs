@@ -91,7 +91,10 @@ impl SimTask {
     }
 
     fn arn(&self) -> String {
-        format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/{}/{}", self.cluster, self.id)
+        format!(
+            "arn:aws:ecs:us-east-1:{ACCOUNT}:task/{}/{}",
+            self.cluster, self.id
+        )
     }
 
     fn to_json(&self) -> Value {
@@ -158,7 +161,11 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 fn cluster_tasks<'a>(tasks: &'a [SimTask], input: &Value) -> Result<Vec<&'a SimTask>, ApiError> {
     let cluster = last(text(input, "cluster"));
-    let cluster = if cluster.is_empty() { "default" } else { cluster };
+    let cluster = if cluster.is_empty() {
+        "default"
+    } else {
+        cluster
+    };
     let found: Vec<&SimTask> = tasks.iter().filter(|t| t.cluster == cluster).collect();
     if found.is_empty() {
         return Err(ApiError::client(
@@ -193,14 +200,22 @@ pub fn describe_tasks(tasks: &[SimTask], input: &Value) -> Result<Value, ApiErro
 pub fn list_tasks(tasks: &[SimTask], input: &Value) -> Result<Value, ApiError> {
     let in_cluster = cluster_tasks(tasks, input)?;
     let service = text(input, "serviceName");
-    if !service.is_empty() && !in_cluster.iter().any(|t| t.service.as_deref() == Some(service)) {
+    if !service.is_empty()
+        && !in_cluster
+            .iter()
+            .any(|t| t.service.as_deref() == Some(service))
+    {
         return Err(ApiError::client(
             "ServiceNotFoundException",
             "Service not found.",
         ));
     }
     let desired = text(input, "desiredStatus");
-    let desired = if desired.is_empty() { "RUNNING" } else { desired };
+    let desired = if desired.is_empty() {
+        "RUNNING"
+    } else {
+        desired
+    };
     let arns: Vec<String> = in_cluster
         .iter()
         .filter(|t| service.is_empty() || t.service.as_deref() == Some(service))
@@ -241,9 +256,7 @@ pub fn execute_command(
         ));
     }
     if input.get("interactive").and_then(Value::as_bool) != Some(true) {
-        return Err(invalid(
-            "Interactive is the only mode supported currently.",
-        ));
+        return Err(invalid("Interactive is the only mode supported currently."));
     }
     let task = in_cluster
         .iter()

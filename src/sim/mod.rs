@@ -140,7 +140,10 @@ impl SimServer {
             ("AWS_ENDPOINT_URL_STS", self.endpoint()),
             ("AWS_ENDPOINT_URL_KMS", self.endpoint()),
             // Its own path: SSM calls sent there are refused, as the real ECS endpoint would.
-            ("AWS_ENDPOINT_URL_ECS", format!("{}{}", self.endpoint(), api::ECS_PATH)),
+            (
+                "AWS_ENDPOINT_URL_ECS",
+                format!("{}{}", self.endpoint(), api::ECS_PATH),
+            ),
             (
                 "SSM_PROXY_SSMMESSAGES_ENDPOINT",
                 self.service.ws_base().to_owned(),

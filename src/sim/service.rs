@@ -141,8 +141,7 @@ impl Service {
             .any(|i| i.id == target && !i.online);
         if self.config.offline.iter().any(|t| t == target)
             || fleet_offline
-            || !(looks_like_target(target)
-                || super::ecs::reachable(&self.config.ecs_tasks, target))
+            || !(looks_like_target(target) || super::ecs::reachable(&self.config.ecs_tasks, target))
         {
             return Err(ApiError::client(
                 "TargetNotConnected",
