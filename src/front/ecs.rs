@@ -21,9 +21,12 @@ pub const ECS_DOCUMENT: &str = "AmazonECS-ExecuteInteractiveCommand";
 /// What `shell ecs:…` runs without a COMMAND.
 pub const DEFAULT_COMMAND: &str = "/bin/sh";
 
+/// `ecs:CLUSTER/TASK[/CONTAINER]` split: cluster, task or service, container.
+pub type EcsSpec = (String, String, Option<String>);
+
 /// `ecs:CLUSTER/TASK[/CONTAINER]`, split; `None` for anything else (the SSM form
 /// `ecs:CLUSTER_TASKID_RUNTIMEID` has no `/`).
-pub fn parse(s: &str) -> Option<Result<(String, String, Option<String>), UsageError>> {
+pub fn parse(s: &str) -> Option<Result<EcsSpec, UsageError>> {
     let rest = s.strip_prefix("ecs:").filter(|r| r.contains('/'))?;
     let parts: Vec<&str> = rest.split('/').collect();
     Some(match parts.as_slice() {
@@ -43,7 +46,7 @@ pub fn parse(s: &str) -> Option<Result<(String, String, Option<String>), UsageEr
 pub async fn shell(
     args: ShellArgs,
     aws_args: AwsArgs,
-    (cluster, task, container): (String, String, Option<String>),
+    (cluster, task, container): EcsSpec,
 ) -> anyhow::Result<u8> {
     if args.document.is_some() || !args.parameters.is_empty() {
         return Err(UsageError(
