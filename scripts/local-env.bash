@@ -76,16 +76,22 @@ sim_ready() {
 
 # Stops the simulator with SIGINT and prints its last words ("N sessions still active").
 stop_sim() {
-    kill -INT "$SIM_PID" 2>/dev/null || true
-    wait "$SIM_PID" 2>/dev/null || true
-    tail -n 1 "$WORK/sim.log"
+    stop_named_sim sim
 }
 
-# The same for simulator NAME of launch_sim.
+# The same for simulator NAME of launch_sim. Called in $(…) too, where `wait` cannot wait
+# (the simulator is not the subshell's child): the log's last line is awaited instead.
 stop_named_sim() {
     kill -INT "${SIM_PIDS[$1]}" 2>/dev/null || true
     wait "${SIM_PIDS[$1]}" 2>/dev/null || true
-    tail -n 1 "$WORK/$1.log"
+    SIM_LOG=$WORK/$1.log
+    wait_for 10 sim_stopped || true
+    tail -n 1 "$SIM_LOG"
+}
+
+# Whether the simulator logging to $SIM_LOG has printed its closing line.
+sim_stopped() {
+    grep -qs '^ssm-proxy sim: stopping' "$SIM_LOG"
 }
 
 # Whether something on 127.0.0.1:$1 greets with an SSH banner.

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-const EXAMPLES: &str = "\
+/// The top-level help's closing text: examples, then the exit statuses.
+pub const EXAMPLES: &str = "\
 Examples:
   # ~/.ssh/config: every instance id goes through Session Manager
   Host i-* mi-*
@@ -36,6 +37,9 @@ Exit status: 0 on a normal end, 2 for bad arguments, 69 target or network unavai
 #[derive(Debug, Parser)]
 #[command(name = "ssm-proxy", version, after_help = EXAMPLES)]
 #[command(subcommand_negates_reqs = true)]
+#[command(
+    override_usage = "ssm-proxy [OPTIONS] TARGET [PORT]\n       ssm-proxy <COMMAND> [OPTIONS] [ARGS]"
+)]
 pub struct Cli {
     /// Other modes.
     #[command(subcommand)]
@@ -58,7 +62,7 @@ pub struct Cli {
     #[arg(long = "parameter", value_name = "KEY=VALUE")]
     pub parameters: Vec<String>,
 
-    /// `--resume-timeout`.
+    /// `--resume-timeout`, `--reason`.
     #[command(flatten)]
     pub resume: ResumeArgs,
 
@@ -105,36 +109,58 @@ pub struct Cli {
     pub log: LogArgs,
 }
 
-/// AWS configuration shared by every mode.
+/// AWS configuration of every mode that calls AWS.
 #[derive(Debug, Clone, Args)]
 pub struct AwsArgs {
     /// AWS profile (default: AWS_PROFILE, then "default").
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
 
     /// AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, then the profile's region).
-    #[arg(long, global = true, value_name = "REGION")]
+    #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
 
     /// SSM API endpoint (default: AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL, then the standard one).
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
 
     /// Data-channel endpoint replacing scheme, host and port of the service's StreamUrl, for
     /// PrivateLink or FIPS, e.g. wss://vpce-0abc-xyz.ssmmessages.eu-west-1.vpce.amazonaws.com
     /// (default: SSM_PROXY_SSMMESSAGES_ENDPOINT).
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, value_name = "URL")]
     pub ssmmessages_endpoint: Option<String>,
 
     /// Look names and tags up again instead of using the 60 s cache.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub no_cache: bool,
+
+    /// StartSession's Reason (from the mode's `--reason`), not an option of its own here.
+    #[arg(skip)]
+    pub reason: Option<String>,
+}
+
+impl AwsArgs {
+    /// These options, each falling back to `outer`'s: options given before a subcommand
+    /// (`ssm-proxy --profile prod doctor`) count for it.
+    pub fn or(self, outer: &AwsArgs) -> AwsArgs {
+        AwsArgs {
+            profile: self.profile.or_else(|| outer.profile.clone()),
+            region: self.region.or_else(|| outer.region.clone()),
+            endpoint_url: self.endpoint_url.or_else(|| outer.endpoint_url.clone()),
+            ssmmessages_endpoint: self
+                .ssmmessages_endpoint
+                .or_else(|| outer.ssmmessages_endpoint.clone()),
+            no_cache: self.no_cache || outer.no_cache,
+            reason: self.reason.or_else(|| outer.reason.clone()),
+        }
+    }
 }
 
 /// Diagnostics. They go to stderr or a file, never to stdout.
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
-    /// More detail on stderr (-v info, -vv debug, -vvv protocol trace).
+    /// More detail on stderr: -v what the session does (resumes, timings), -vv protocol and
+    /// AWS SDK details, -vvv also the libraries' debug output (never tokens).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
@@ -175,8 +201,7 @@ pub enum Command {
   ssm-proxy shell -t web-1 -- top                         # a command that needs a terminal
   echo 'uptime; exit' | ssm-proxy shell web-1             # a shell fed from a pipe
 
-Escapes (on a terminal, right after Enter): ~. disconnects, ~? lists them, ~~ sends one ~.
-See docs/shell.md.")]
+Escapes (on a terminal, right after Enter): ~. disconnects, ~? lists them, ~~ sends one ~.")]
 pub struct ShellArgs {
     /// Instance or managed-node id, a Name tag value, tag:KEY=VALUE, or an ECS container
     /// ecs:CLUSTER/TASK[/CONTAINER] (TASK: task id or service name; docs/ecs.md).
@@ -200,12 +225,17 @@ pub struct ShellArgs {
     #[arg(long = "parameter", value_name = "KEY=VALUE")]
     pub parameters: Vec<String>,
 
-    /// `--resume-timeout`.
+    /// `--resume-timeout`, `--reason`.
     #[command(flatten)]
     pub resume: ResumeArgs,
+
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
-/// How long a session rides out a lost connection (every session mode has it).
+/// Options every session mode has: how long a session rides out a lost connection, and the
+/// reason recorded with it.
 #[derive(Debug, Clone, Args)]
 pub struct ResumeArgs {
     /// How long to keep trying to resume a lost connection.
@@ -216,6 +246,11 @@ pub struct ResumeArgs {
         env = "SSM_PROXY_RESUME_TIMEOUT"
     )]
     pub resume_timeout: u64,
+
+    /// Why this session is opened (1 to 256 characters): StartSession's Reason, which Session
+    /// Manager shows in its session history and CloudTrail records (e.g. --reason %r@%h).
+    #[arg(long, value_name = "TEXT", value_parser = parse_reason)]
+    pub reason: Option<String>,
 }
 
 /// A mistake in the arguments found after parsing; reported like clap's errors (exit 2).
@@ -262,6 +297,21 @@ pub struct SshConfigArgs {
     /// The patterns are TARGET.PROFILE.REGION aliases (adds --alias).
     #[arg(long)]
     pub alias: bool,
+
+    /// Record a reason with every session (--reason in the ProxyCommand); ssh expands %r (user)
+    /// and %h (host) in it. Without a value: %r@%h.
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "%r@%h"
+    )]
+    pub reason: Option<String>,
+
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// `ssm-proxy doctor`.
@@ -269,6 +319,10 @@ pub struct SshConfigArgs {
 pub struct DoctorArgs {
     /// Also check this target (id, name or tag:KEY=VALUE): found, Online, agent version.
     pub target: Option<String>,
+
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// `ssm-proxy completions`.
@@ -291,16 +345,21 @@ AWS-StartPortForwardingSession, otherwise AWS-StartPortForwardingSessionToRemote
 LPORT 0 picks a free port. One line per forward is printed to stderr when it listens:
   listening on 127.0.0.1:PORT -> TARGET HOST:RPORT")]
 pub struct ForwardArgs {
-    /// Instance or managed-node id (names and tags too), or ecs:CLUSTER/TASK[/CONTAINER].
+    /// Instance or managed-node id (i-…, mi-…), a Name tag value, tag:KEY=VALUE, or an ECS
+    /// container ecs:CLUSTER/TASK[/CONTAINER].
     pub target: String,
 
     /// A forward: [BIND:]LPORT:[HOST:]RPORT (repeatable; BIND defaults to 127.0.0.1).
     #[arg(short = 'L', long = "local", value_name = "[BIND:]LPORT:[HOST:]RPORT", required = true, value_parser = ForwardSpec::parse)]
     pub forwards: Vec<ForwardSpec>,
 
-    /// `--resume-timeout`.
+    /// `--resume-timeout`, `--reason`.
     #[command(flatten)]
     pub resume: ResumeArgs,
+
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// One `-L` specification.
@@ -452,6 +511,13 @@ pub struct SimArgs {
     /// Seed for faults and ids.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+fn parse_reason(s: &str) -> Result<String, String> {
+    match s.chars().count() {
+        1..=256 if !s.contains(['\n', '\r']) => Ok(s.to_owned()),
+        _ => Err("a reason is one line of 1 to 256 characters".into()),
+    }
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {

@@ -4,7 +4,8 @@
 use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::writer::MakeWriterExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -21,6 +22,41 @@ const TOKEN_CARRIERS: [&str; 8] = [
     "hyper",
     "hyper_util",
 ];
+
+/// Target of notices: events that say what a long wait is about (reconnecting, a slow
+/// endpoint). They are shown at default verbosity as plain `ssm-proxy: …` lines, like ssh's own
+/// notices, and hidden by -q (they are `warn` events).
+pub const NOTICE: &str = "ssm_proxy::notice";
+
+/// Prints notice events as one plain line on stderr (`\r\n` on a raw terminal).
+struct Notices;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Notices {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if event.metadata().target() != NOTICE {
+            return;
+        }
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        let end = match crossterm::terminal::is_raw_mode_enabled() {
+            Ok(true) => "\r\n",
+            _ => "\n",
+        };
+        eprint!("ssm-proxy: {}{end}", message.0);
+    }
+}
 
 /// Installs the global subscriber. `SSM_PROXY_LOG` (EnvFilter syntax) overrides the level.
 pub fn init(args: &LogArgs) {
@@ -41,11 +77,6 @@ pub fn init(args: &LogArgs) {
             || !TOKEN_CARRIERS.iter().any(|c| meta.target().starts_with(c))
     });
     // Timestamps (since start) only where they help: debugging latency.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(false)
-        .with_timer(tracing_subscriber::fmt::time::uptime());
     let file = args.log_file.as_ref().and_then(|p| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -53,16 +84,22 @@ pub fn init(args: &LogArgs) {
             .open(p)
             .ok()
     });
-    match file {
-        Some(f) => builder
-            .with_writer(std::io::stderr.and(Mutex::new(f)))
-            .finish()
-            .with(no_token_dumps)
-            .init(),
-        None => builder
-            .with_writer(std::io::stderr)
-            .finish()
-            .with(no_token_dumps)
-            .init(),
-    }
+    let writer = match file {
+        Some(f) => BoxMakeWriter::new(std::io::stderr.and(Mutex::new(f))),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_ansi(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_writer(writer)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.target() != NOTICE
+        }));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(no_token_dumps)
+        .with(fmt)
+        .with(Notices)
+        .init();
 }

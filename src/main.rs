@@ -1,8 +1,9 @@
 //! The `ssm-proxy` executable: parse arguments, set up logging, run the mode, and turn the
 //! result into one stderr line and an exit status.
 
+use clap::CommandFactory;
 use clap::Parser;
-use ssm_proxy::cli::{Cli, Command};
+use ssm_proxy::cli::{AwsArgs, Cli, Command};
 use ssm_proxy::{front, logging};
 
 fn main() {
@@ -11,10 +12,18 @@ fn main() {
     if let Some(invocation) = front::plugin::detect(&argv) {
         std::process::exit(plugin_main(invocation));
     }
-    let cli = match Cli::try_parse() {
+    let cli = match parse(argv) {
         Ok(cli) => cli,
         Err(e) => std::process::exit(usage_error(e)),
     };
+    if let (Some(target), Some(command)) = (&cli.target, &cli.command) {
+        let name = command_name(command);
+        eprintln!(
+            "ssm-proxy: TARGET {target:?} given before the {name} subcommand: write \
+             ssm-proxy {name} … (its TARGET comes after it); see ssm-proxy {name} --help"
+        );
+        std::process::exit(2);
+    }
     logging::init(&cli.log);
     let multi_thread = matches!(cli.command, Some(Command::Sim(_)));
     let runtime = if multi_thread {
@@ -34,15 +43,38 @@ fn main() {
         )))),
     };
     let result = runtime.block_on(async move {
+        // AWS options given before the subcommand count for it; --reason goes to StartSession.
+        let outer = cli.aws.clone();
         match cli.command {
             Some(Command::Sim(args)) => front::sim::run(args).await,
-            Some(Command::Forward(args)) => front::forward::run(args, cli.aws.clone()).await,
-            Some(Command::SshConfig(args)) => front::ssh_config::run(&args, &cli.aws),
-            Some(Command::Doctor(args)) => front::doctor::run(args, cli.aws.clone()).await,
+            Some(Command::Forward(args)) => {
+                let aws = AwsArgs {
+                    reason: args.resume.reason.clone(),
+                    ..args.aws.clone().or(&outer)
+                };
+                front::forward::run(args, aws).await
+            }
+            Some(Command::SshConfig(args)) => {
+                front::ssh_config::run(&args, &args.aws.clone().or(&outer))
+            }
+            Some(Command::Doctor(args)) => {
+                let aws = args.aws.clone().or(&outer);
+                front::doctor::run(args, aws).await
+            }
             Some(Command::Completions(args)) => front::manual::completions(args.shell),
             Some(Command::Man) => front::manual::man(),
-            Some(Command::Shell(args)) => front::shell::run(args, cli.aws.clone()).await,
-            None => front::proxy::run(cli).await,
+            Some(Command::Shell(args)) => {
+                let aws = AwsArgs {
+                    reason: args.resume.reason.clone(),
+                    ..args.aws.clone().or(&outer)
+                };
+                front::shell::run(args, aws).await
+            }
+            None => {
+                let mut cli = cli;
+                cli.aws.reason = cli.resume.reason.clone();
+                front::proxy::run(cli).await
+            }
         }
     });
     let code = result.unwrap_or_else(|e| fail(&e));
@@ -126,6 +158,48 @@ fn fail(err: &anyhow::Error) -> u8 {
             )
         })
         .unwrap_or(1)
+}
+
+/// Parses the arguments. In ProxyCommand position a host named like a subcommand
+/// (`ssm-proxy doctor 22` from `ssm-proxy %h %p`) is a TARGET: the last two words being a
+/// subcommand name and a port, with no `--` before them, are read as TARGET PORT.
+fn parse(argv: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    let parsed = Cli::try_parse_from(&argv);
+    let n = argv.len();
+    let words: Vec<&str> = argv.iter().map(|a| a.to_str().unwrap_or("")).collect();
+    let host_like = n >= 3
+        && !words[..n - 2].contains(&"--")
+        && words[n - 1].parse::<u16>().is_ok_and(|p| p > 0)
+        && Cli::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == words[n - 2]);
+    let subcommand_ran = match &parsed {
+        Ok(cli) => cli.command.is_some(),
+        Err(_) => true,
+    };
+    if host_like && subcommand_ran {
+        let mut as_target = argv.clone();
+        as_target.insert(n - 2, "--".into());
+        if let Ok(cli) = Cli::try_parse_from(&as_target)
+            && cli.command.is_none()
+        {
+            return Ok(cli);
+        }
+    }
+    parsed
+}
+
+/// A subcommand's name as typed.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Forward(_) => "forward",
+        Command::Sim(_) => "sim",
+        Command::SshConfig(_) => "ssh-config",
+        Command::Doctor(_) => "doctor",
+        Command::Completions(_) => "completions",
+        Command::Man => "man",
+        Command::Shell(_) => "shell",
+    }
 }
 
 fn usage_error(e: clap::Error) -> i32 {

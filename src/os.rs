@@ -41,6 +41,35 @@ pub fn signals() -> mpsc::Receiver<i32> {
     rx
 }
 
+/// Resolves when the reader of stdout is gone (a pipe or socket whose other end closed),
+/// without writing to it: a session nobody reads must not wait for stdin to close. Never
+/// resolves where that cannot be watched (a file, /dev/null, other OSes).
+pub async fn stdout_closed() {
+    #[cfg(unix)]
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            use rustix::event::{PollFd, PollFlags, poll};
+            let stdout = std::io::stdout();
+            // No events asked: poll returns only for POLLERR (a pipe's reader closed it),
+            // POLLHUP (a socket's peer did) or POLLNVAL.
+            let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+            loop {
+                match poll(&mut fds, None) {
+                    Ok(n) if n > 0 => break,
+                    Err(rustix::io::Errno::INTR) | Ok(_) => continue,
+                    Err(_) => return,
+                }
+            }
+            let _ = tx.send(());
+        });
+        if rx.await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
 /// Conventional exit status for death by a signal.
 pub fn signal_exit_code(sig: i32) -> u8 {
     match sig {

@@ -137,3 +137,62 @@ fn the_scan_sees_continued_literals_and_placeholders() {
     assert_eq!(message, "could not {a} reach the endpoint {b}: fix it");
     assert_eq!(longest_fixed_part(&message), "reach the endpoint");
 }
+
+/// The README and the docs refer only to files a clone has: every relative link, and every
+/// backticked path under a directory of the repository, exists; nothing points at notes kept
+/// outside it.
+#[test]
+fn docs_refer_only_to_files_in_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    for dir in ["docs", "contrib"] {
+        for entry in fs::read_dir(root.join(dir)).expect("read docs").flatten() {
+            if entry.path().extension().is_some_and(|e| e == "md") {
+                pages.push(entry.path());
+            }
+        }
+    }
+    let dirs = [
+        "src/", "docs/", "contrib/", "tests/", "benches/", "scripts/", ".ci/",
+    ];
+    let mut missing = Vec::new();
+    for page in &pages {
+        let text = fs::read_to_string(page).expect("page");
+        let base = page.parent().expect("dir");
+        let links = text.split("](").skip(1).filter_map(|s| s.split(')').next());
+        for link in links {
+            let file = link.split('#').next().unwrap_or_default();
+            if file.is_empty() || file.contains("://") || file.starts_with("mailto:") {
+                continue;
+            }
+            if !base.join(file).exists() {
+                missing.push(format!("{}: link {link}", page.display()));
+            }
+        }
+        for quoted in text.split('`').skip(1).step_by(2) {
+            let path = quoted.trim_end_matches(['.', ',', ':']);
+            if dirs.iter().any(|d| path.starts_with(d))
+                && !path.contains([' ', '*', '<', '{', '$'])
+                && !root.join(path).exists()
+            {
+                missing.push(format!("{}: `{path}`", page.display()));
+            }
+        }
+        for outside in [
+            "protocol.md",
+            "field.md",
+            "style.md",
+            "protocol notes",
+            "/work/",
+        ] {
+            if text.contains(outside) {
+                missing.push(format!("{}: mentions {outside}", page.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "references to files not in the repository:\n{}",
+        missing.join("\n")
+    );
+}

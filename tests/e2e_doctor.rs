@@ -129,7 +129,7 @@ fn broken_pieces_fail_with_their_fix() {
     assert!(l.starts_with("FAIL") && l.contains("aws sso login"), "{l}");
 
     let started = Instant::now();
-    let (out, text) = doctor(&sim, &["AWS_REGION"], &[], &[]);
+    let (out, text) = doctor(&sim, &["AWS_REGION", "AWS_DEFAULT_REGION"], &[], &[]);
     assert_eq!(out.status.code(), Some(1), "{text}");
     let l = line(&text, "region");
     assert!(l.starts_with("FAIL") && l.contains("--region"), "{l}");

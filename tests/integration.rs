@@ -13,6 +13,7 @@ mod e2e_kms;
 mod e2e_memory;
 mod e2e_network;
 mod e2e_plugin;
+mod e2e_polish;
 mod e2e_realagent;
 mod e2e_shell;
 mod e2e_ssh;

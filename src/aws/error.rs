@@ -13,12 +13,23 @@ pub enum AwsError {
     NoRegion,
     /// The credential chain found nothing.
     #[error(
-        "no AWS credentials found: run `aws sso login` or `aws configure`, set AWS_PROFILE, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        "no AWS credentials found{}: run `aws sso login{}` or `aws configure{}`, set AWS_PROFILE, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        profile_named(" for profile "),
+        profile_named(" --profile "),
+        profile_named(" --profile ")
     )]
     NoCredentials,
     /// Credentials exist but are rejected (expired, bad signature).
-    #[error("AWS rejected the credentials ({0}): refresh them (e.g. `aws sso login`) and retry")]
+    #[error(
+        "AWS rejected the credentials{of} ({0}): refresh them (e.g. `aws sso login{login}`) and retry",
+        of = profile_named(" of profile "), login = profile_named(" --profile ")
+    )]
     BadCredentials(String),
+    /// The profile asked for is in neither AWS file.
+    #[error(
+        "AWS profile {0:?} does not exist in {1}: check the name (`aws configure list-profiles`), or create it with `aws configure --profile {0}` or `aws configure sso --profile {0}`"
+    )]
+    NoProfile(String, String),
     /// The target has no connected agent (or does not exist).
     #[error(
         "target {target} is not connected to Session Manager (offline or unknown) in {region}: check the instance is running, its SSM agent is online, and the region is right"
@@ -260,6 +271,7 @@ impl AwsError {
             | Self::EcsDenied(_)
             | Self::Kms { .. } => 77,
             Self::NoRegion
+            | Self::NoProfile(..)
             | Self::InvalidDocument(_)
             | Self::InvalidParameters(_)
             | Self::Ambiguous { .. }
@@ -280,6 +292,23 @@ impl AwsError {
             _ => 1,
         }
     }
+}
+
+/// The profile the process uses when one was named (--profile, AWS_PROFILE): credential fixes
+/// must name it, or `aws sso login` refreshes the wrong one. One per process, set on load.
+static PROFILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the named profile for messages (the first call wins).
+pub(super) fn set_profile(name: &str) {
+    let _ = PROFILE.set(name.to_owned());
+}
+
+/// `prefix` and the named profile, or nothing when none was named.
+fn profile_named(prefix: &str) -> String {
+    PROFILE
+        .get()
+        .map(|p| format!("{prefix}{p}"))
+        .unwrap_or_default()
 }
 
 /// Maps an SDK error to an [`AwsError`].

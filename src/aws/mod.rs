@@ -33,6 +33,9 @@ pub use identity::Identity;
 pub use inventory::ManagedNode;
 pub use kms::DataKey;
 
+/// How long StartSession may take before a notice says what is being waited for.
+const SLOW_CALL: Duration = Duration::from_secs(5);
+
 /// Where the AWS configuration comes from, as the user gave it.
 #[derive(Debug, Clone, Default)]
 pub struct AwsOptions {
@@ -42,6 +45,8 @@ pub struct AwsOptions {
     pub region: Option<String>,
     /// `--endpoint-url` for SSM (else AWS_ENDPOINT_URL_SSM / AWS_ENDPOINT_URL / shared config).
     pub endpoint_url: Option<String>,
+    /// `--reason`: StartSession's Reason, shown in the session history and CloudTrail.
+    pub reason: Option<String>,
 }
 
 /// What StartSession and ResumeSession hand out.
@@ -70,6 +75,7 @@ pub struct Aws {
     ssm: aws_sdk_ssm::Client,
     region: String,
     endpoint: String,
+    reason: Option<String>,
     /// The loaded configuration, for the clients of other services (EC2 Instance Connect, STS).
     sdk: aws_config::SdkConfig,
 }
@@ -78,6 +84,14 @@ impl Aws {
     /// Resolves region and credentials providers without touching the network, so a missing
     /// region fails at once instead of after the SDK's 3 s instance-metadata probe.
     pub async fn load(opts: &AwsOptions) -> Result<Self, AwsError> {
+        let named = opts
+            .profile
+            .clone()
+            .or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()));
+        if let Some(name) = &named {
+            error::set_profile(name);
+            check_profile_exists(name)?;
+        }
         let region = match &opts.region {
             Some(r) => Some(Region::new(r.clone())),
             None => {
@@ -141,6 +155,7 @@ impl Aws {
             ssm: aws_sdk_ssm::Client::from_conf(conf),
             region: region.to_string(),
             endpoint,
+            reason: opts.reason.clone(),
             sdk,
         })
     }
@@ -162,15 +177,25 @@ impl Aws {
         document: &str,
         parameters: HashMap<String, Vec<String>>,
     ) -> Result<SessionGrant, AwsError> {
-        let out = self
+        let call = self
             .ssm
             .start_session()
             .target(target)
             .document_name(document)
             .set_parameters((!parameters.is_empty()).then_some(parameters))
-            .send()
-            .await
-            .map_err(|e| self.classify(e, target))?;
+            .set_reason(self.reason.clone())
+            .send();
+        tokio::pin!(call);
+        // An endpoint that accepts and never answers takes the whole operation timeout.
+        let out = tokio::select! {
+            out = &mut call => out,
+            () = tokio::time::sleep(SLOW_CALL) => {
+                let (endpoint, waited) = (&self.endpoint, SLOW_CALL.as_secs());
+                tracing::warn!(target: "ssm_proxy::notice", "waiting for {endpoint} to answer StartSession ({waited} s so far)…");
+                call.await
+            }
+        }
+        .map_err(|e| self.classify(e, target))?;
         grant(out.session_id, out.token_value, out.stream_url).ok_or_else(|| {
             AwsError::Other("StartSession returned no session id, token or stream URL".into())
         })
@@ -213,6 +238,53 @@ impl Aws {
     }
 }
 
+/// A named profile must be in the config or credentials file, else every later message (no
+/// region, no credentials) would send the user looking in the wrong place. `default` may
+/// exist nowhere: the environment can supply everything.
+fn check_profile_exists(name: &str) -> Result<(), AwsError> {
+    if name == "default" {
+        return Ok(());
+    }
+    let file = |var: &str, home_rel: &str| {
+        std::env::var_os(var)
+            .map(std::path::PathBuf::from)
+            .or_else(|| dirs::home_dir().map(|h| h.join(home_rel)))
+    };
+    let config = file("AWS_CONFIG_FILE", ".aws/config");
+    let credentials = file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials");
+    let read = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    if profile_sections(&read(&config), true).any(|p| p == name)
+        || profile_sections(&read(&credentials), false).any(|p| p == name)
+    {
+        return Ok(());
+    }
+    let shown = |p: Option<std::path::PathBuf>| p.map(|p| p.display().to_string());
+    let mut files: Vec<String> = [shown(config), shown(credentials)]
+        .into_iter()
+        .flatten()
+        .collect();
+    files.dedup();
+    let files = files.join(" or ");
+    Err(AwsError::NoProfile(name.to_owned(), files))
+}
+
+/// Profile names in an AWS config (`[profile NAME]`, `[default]`) or credentials (`[NAME]`)
+/// file.
+fn profile_sections(text: &str, config: bool) -> impl Iterator<Item = &str> {
+    text.lines().filter_map(move |l| {
+        let inner = l.trim().strip_prefix('[')?.split(']').next()?.trim();
+        match inner.strip_prefix("profile") {
+            Some(rest) if config && rest.starts_with([' ', '\t']) => Some(rest.trim()),
+            _ if config && inner != "default" => None,
+            _ => Some(inner),
+        }
+    })
+}
+
 fn grant(id: Option<String>, token: Option<String>, url: Option<String>) -> Option<SessionGrant> {
     match (id, token, url) {
         (Some(session_id), Some(token), Some(stream_url)) if !token.is_empty() => {
@@ -223,5 +295,18 @@ fn grant(id: Option<String>, token: Option<String>, url: Option<String>) -> Opti
             })
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn profile_sections_follow_each_file_s_syntax() {
+        let config =
+            "[default]\nregion=x\n[profile prod]\n[ profile  dev ]\n[sso-session s]\n[other]\n";
+        let names: Vec<_> = super::profile_sections(config, true).collect();
+        assert_eq!(names, ["default", "prod", "dev"]);
+        let creds: Vec<_> = super::profile_sections("[ci]\nkey=1\n[profile x]\n", false).collect();
+        assert_eq!(creds, ["ci", "profile x"]);
     }
 }

@@ -50,15 +50,28 @@ pub async fn run(args: DoctorArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
         profile: aws_args.profile.clone(),
         region: aws_args.region.clone(),
         endpoint_url: aws_args.endpoint_url.clone(),
+        reason: None,
     };
     let profile = opts
         .profile
         .clone()
         .or_else(|| std::env::var("AWS_PROFILE").ok())
         .unwrap_or_else(|| "default".into());
+    let from = if opts.profile.is_some() {
+        "--profile"
+    } else if std::env::var("AWS_PROFILE").is_ok_and(|p| !p.is_empty()) {
+        "AWS_PROFILE"
+    } else {
+        "neither --profile nor AWS_PROFILE is set"
+    };
+    r.line(Status::Info, "profile", &format!("{profile} ({from})"));
     match Aws::load(&opts).await {
         Err(e) => {
-            r.line(Status::Fail, "region", &e.to_string());
+            let what = match e {
+                AwsError::NoProfile(..) => "profile",
+                _ => "region",
+            };
+            r.line(Status::Fail, what, &e.to_string());
             for what in ["credentials", "SSM endpoint", "target", "data channel"] {
                 r.line(Status::Skip, what, "needs a region");
             }

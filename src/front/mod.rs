@@ -26,6 +26,7 @@ pub async fn connect(args: &AwsArgs) -> anyhow::Result<(Aws, Option<String>)> {
         profile: args.profile.clone(),
         region: args.region.clone(),
         endpoint_url: args.endpoint_url.clone(),
+        reason: args.reason.clone(),
     };
     Ok((Aws::load(&opts).await?, opts.profile))
 }

@@ -206,6 +206,7 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
         region: nonempty(&args.region),
         // From ECS, argv[6] is the ECS endpoint: SSM calls go to the region's SSM endpoint.
         endpoint_url: args.endpoint.clone().filter(|_| !from_ecs),
+        reason: None,
     })
     .await?;
     // From here on, a failure must not leave the session the AWS CLI started running.

@@ -110,10 +110,16 @@ pub async fn relay(
             .map_err(anyhow::Error::from)?;
         let (local, stdout_done) = stdio::local();
         // A port-forwarding document would mix smux frames into ssh's byte stream.
-        let outcome = driver
-            .run_kind(local, signals, |k| *k == SessionKind::Stream)
-            .await
-            .map_err(NotStream)?;
+        let run = driver.run_kind(local, signals, |k| *k == SessionKind::Stream);
+        let outcome = tokio::select! {
+            outcome = run => outcome.map_err(NotStream)?,
+            // Nobody reads what the session would deliver: end it now, not at stdin's EOF.
+            () = os::stdout_closed() => {
+                tracing::info!("stdout closed; ending the session");
+                let terminated = aws.terminate_session(&session_id).await.is_ok();
+                Ok(Outcome { end: End::LocalGone, exit_code: None, terminated })
+            }
+        };
         tracing::info!(?outcome, "session result");
         // On a normal end, what was received must reach stdout before we exit.
         if let Ok(Outcome {

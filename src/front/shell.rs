@@ -216,7 +216,16 @@ fn exit_status(outcome: &Outcome, session_id: &str) -> u8 {
     match (&outcome.end, outcome.exit_code) {
         (End::Signal(DISCONNECT), _) => {
             // On its own line: the remote prompt usually left the cursor mid-line.
-            eprintln!("\nssm-proxy: disconnected (~.); session {session_id} terminated");
+            match outcome.terminated {
+                true => {
+                    eprintln!("\nssm-proxy: disconnected (~.); session {session_id} terminated")
+                }
+                false => eprintln!(
+                    "\nssm-proxy: disconnected (~.); the service could not be reached to end \
+                     session {session_id}: it ends when the service notices, or run \
+                     aws ssm terminate-session --session-id {session_id}"
+                ),
+            }
             0
         }
         (End::Signal(sig), _) => os::signal_exit_code(*sig),
@@ -509,7 +518,11 @@ mod tests {
 
     #[test]
     fn exit_status_follows_the_remote_command() {
-        let o = |end, exit_code| Outcome { end, exit_code };
+        let o = |end, exit_code| Outcome {
+            end,
+            exit_code,
+            terminated: true,
+        };
         assert_eq!(exit_status(&o(End::Closed, Some(7)), "s"), 7);
         assert_eq!(exit_status(&o(End::Closed, None), "s"), 0);
         assert_eq!(exit_status(&o(End::Closed, Some(-1)), "s"), 255);

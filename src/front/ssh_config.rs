@@ -1,8 +1,9 @@
 //! `ssm-proxy ssh-config`: a ready `Host` block for `~/.ssh/config` that runs this very
-//! executable (absolute path), with the profile, region and options given.
+//! executable as the user invoked it (the bare name or a symlink on PATH stay as typed, so an
+//! upgrade of what they point to keeps working), with the profile, region and options given.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::cli::{AwsArgs, SshConfigArgs};
 use crate::os::proxy_command_word;
@@ -11,11 +12,41 @@ use crate::os::proxy_command_word;
 pub fn run(args: &SshConfigArgs, aws: &AwsArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe()
         .map_err(|e| anyhow::anyhow!("cannot find the path of this executable: {e}"))?;
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let exe = invoked_as(Path::new(&argv0), &path, &exe);
     let mut out = std::io::stdout().lock();
     let written = out
         .write_all(render(&exe, args, aws).as_bytes())
         .and_then(|()| out.flush());
     crate::front::manual::quiet_on_broken_pipe(written)
+}
+
+/// How to name this executable in the block: `argv0` as typed when it is the same file as
+/// `exe` — a bare name only if PATH finds this executable under it, a path (made absolute, not
+/// resolved) if it leads here — and otherwise `exe` itself.
+pub fn invoked_as(argv0: &Path, path: &std::ffi::OsStr, exe: &Path) -> PathBuf {
+    let same = |p: &Path| match (p.canonicalize(), exe.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let bare = argv0.components().count() == 1 && !argv0.is_absolute();
+    if bare {
+        let found = std::env::split_paths(path)
+            .map(|dir| dir.join(argv0))
+            .find(|p| p.is_file());
+        if found.as_deref().is_some_and(same) {
+            return argv0.to_owned();
+        }
+    } else if !argv0.as_os_str().is_empty() {
+        let absolute = std::env::current_dir()
+            .map(|d| d.join(argv0))
+            .unwrap_or_else(|_| argv0.to_owned());
+        if same(&absolute) {
+            return absolute;
+        }
+    }
+    exe.to_owned()
 }
 
 /// The block for `exe`.
@@ -44,6 +75,11 @@ pub fn render(exe: &Path, args: &SshConfigArgs, aws: &AwsArgs) -> String {
     }
     if args.send_key {
         words.extend(["--send-key".into(), "--user".into(), "%r".into()]);
+    }
+    if let Some(template) = &args.reason {
+        // ssh expands the template's % tokens: quoted, but its % not doubled.
+        words.push("--reason".into());
+        words.push(proxy_command_word(template).replace("%%", "%"));
     }
     words.extend(["%h".into(), "%p".into()]);
     let mut text = format!(
@@ -78,6 +114,8 @@ mod tests {
             patterns: vec!["web-*".into()],
             send_key: true,
             alias: false,
+            reason: Some("%r@%h".into()),
+            aws: aws_none(),
         };
         let aws = AwsArgs {
             profile: Some("prod".into()),
@@ -85,12 +123,13 @@ mod tests {
             endpoint_url: None,
             ssmmessages_endpoint: None,
             no_cache: true,
+            reason: None,
         };
         let text = render(Path::new("/opt/my tools/ssm-proxy"), &args, &aws);
         assert!(
             text.contains(
                 "Host web-*\n    ProxyCommand '/opt/my tools/ssm-proxy' --profile prod \
-                 --region eu-west-1 --no-cache --send-key --user %r %h %p\n"
+                 --region eu-west-1 --no-cache --send-key --user %r --reason %r@%h %h %p\n"
             ),
             "{text}"
         );
@@ -100,15 +139,48 @@ mod tests {
                 patterns: vec![],
                 send_key: false,
                 alias: false,
+                reason: None,
+                aws: aws_none(),
             },
-            &AwsArgs {
-                profile: None,
-                region: None,
-                endpoint_url: None,
-                ssmmessages_endpoint: None,
-                no_cache: false,
-            },
+            &aws_none(),
         );
         assert!(plain.ends_with("Host i-* mi-*\n    ProxyCommand /usr/bin/ssm-proxy %h %p\n"));
+    }
+
+    fn aws_none() -> AwsArgs {
+        AwsArgs {
+            profile: None,
+            region: None,
+            endpoint_url: None,
+            ssmmessages_endpoint: None,
+            no_cache: false,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn names_the_executable_as_invoked() {
+        let dir = std::env::temp_dir().join(format!("ssm-proxy-invoked-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let real = dir.join("ssm-proxy-real");
+        std::fs::write(&real, b"").unwrap();
+        let link = bin.join("ssm-proxy");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let path = std::env::join_paths([Path::new("/nonexistent"), &bin]).unwrap();
+        // The bare name PATH finds, and a symlink by its own path, stay as typed.
+        assert_eq!(
+            invoked_as(Path::new("ssm-proxy"), &path, &real),
+            Path::new("ssm-proxy")
+        );
+        assert_eq!(invoked_as(&link, &path, &real), link);
+        // A name PATH does not lead here, or another file, falls back to the executable.
+        assert_eq!(
+            invoked_as(Path::new("ssm-proxy"), "/nonexistent".as_ref(), &real),
+            real
+        );
+        assert_eq!(invoked_as(Path::new("/bin/sh"), &path, &real), real);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -134,6 +134,8 @@ impl SimServer {
             ("AWS_ACCESS_KEY_ID", "AKIASIMULATOR000000".into()),
             ("AWS_SECRET_ACCESS_KEY", "simulator-secret".into()),
             ("AWS_REGION", "us-east-1".into()),
+            // AWS CLI v1 reads only this one.
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
             ("AWS_CONFIG_FILE", "/dev/null".into()),
             ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
             ("AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT", self.endpoint()),

@@ -62,6 +62,8 @@ pub struct Service {
     outage_until: Mutex<Option<std::time::Instant>>,
     eic: super::fleet::EicKeys,
     pub(crate) kms: super::kms::Kms,
+    /// (session id, Reason) of every StartSession that gave one: the session history's audit trail.
+    reasons: Mutex<Vec<(String, String)>>,
 }
 
 impl Service {
@@ -84,7 +86,16 @@ impl Service {
             encrypted: AtomicU64::new(0),
             misrouted: AtomicU64::new(0),
             outage_until: Mutex::new(None),
+            reasons: Mutex::new(Vec::new()),
         }
+    }
+
+    /// (session id, Reason) of each StartSession that gave a Reason, in order.
+    pub fn reasons(&self) -> Vec<(String, String)> {
+        self.reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The configuration.
@@ -152,6 +163,15 @@ impl Service {
             .get("DocumentName")
             .and_then(Value::as_str)
             .unwrap_or("SSM-SessionManagerRunShell");
+        // The real API's constraint on Reason: 1 to 256 characters (`^.{1,256}$`).
+        let reason = input.get("Reason").and_then(Value::as_str);
+        if reason.is_some_and(|r| r.is_empty() || r.chars().count() > 256 || r.contains('\n')) {
+            return Err(ApiError::client(
+                "ValidationException",
+                "1 validation error detected: Value at 'reason' failed to satisfy constraint: \
+                 Member must satisfy regular expression pattern: ^.{1,256}$",
+            ));
+        }
         let params = input.get("Parameters").cloned().unwrap_or(Value::Null);
         let param = |name: &str| {
             params
@@ -198,17 +218,18 @@ impl Service {
                 ));
             }
         };
-        Ok(self.spawn(target, plugin, properties, "sim"))
+        Ok(self.spawn(target, plugin, properties, "sim", reason))
     }
 
     /// Starts a session of the simulated agent; returns SessionId, TokenValue and StreamUrl
-    /// (ids start with `prefix`).
+    /// (ids start with `prefix`; `reason` is StartSession's `Reason`).
     fn spawn(
         self: &std::sync::Arc<Self>,
         target: &str,
         plugin: Plugin,
         properties: Value,
         prefix: &str,
+        reason: Option<&str>,
     ) -> Value {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let session_id = format!(
@@ -232,6 +253,10 @@ impl Service {
                 ended: false,
             },
         );
+        if let Some(r) = reason {
+            let mut reasons = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
+            reasons.push((session_id.clone(), r.to_owned()));
+        }
         self.started.fetch_add(1, Ordering::Relaxed);
         json!({"SessionId": session_id, "TokenValue": token, "StreamUrl": self.stream_url(&session_id)})
     }
@@ -246,6 +271,7 @@ impl Service {
             Plugin::InteractiveCommands,
             properties,
             "ecs-execute-command",
+            None,
         );
         let mut response = ecs.response;
         response["session"] = json!({

@@ -261,6 +261,9 @@ impl Targets {
         tokio::spawn(async move {
             // The real agent reads 1 KiB, then sleeps 1 ms (§11); unpaced reads what is there.
             let mut buf = vec![0u8; if paced { 1024 } else { 16 * 1024 }];
+            // A 1 ms tokio sleep lasts up to 2 ms (timer granularity), which halved the rate:
+            // the pauses follow a schedule instead, without saving up a burst while stalled.
+            let mut next = tokio::time::Instant::now();
             loop {
                 match r.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
@@ -273,7 +276,10 @@ impl Targets {
                             return;
                         }
                         if paced {
-                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            let now = tokio::time::Instant::now();
+                            next = (next + Duration::from_millis(1))
+                                .max(now - Duration::from_millis(5));
+                            tokio::time::sleep_until(next).await;
                         }
                     }
                 }

@@ -89,6 +89,9 @@ pub struct Outcome {
     pub end: End,
     /// Exit status reported by the agent (command sessions).
     pub exit_code: Option<i32>,
+    /// Ended from our side and the service confirmed TerminateSession (false when it could not
+    /// be reached, e.g. `~.` during a resume).
+    pub terminated: bool,
 }
 
 /// A session failure; its text is the one line the user sees.
@@ -361,11 +364,26 @@ impl Driver {
                 sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
             }
             if lost {
+                // Notices (shown at default verbosity): a resume can take minutes, and
+                // silence looks like a hang.
+                let since = self.last_heard.elapsed().as_secs();
+                tracing::warn!(target: "ssm_proxy::notice", "reconnecting to Session Manager (connection lost {since} s ago)…");
+                let started = Instant::now();
                 // A signal must not wait for --resume-timeout.
-                tokio::select! {
-                    resumed = self.resume() => resumed?,
+                let resumed = tokio::select! {
+                    resumed = self.resume() => resumed,
                     sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
+                };
+                let took = started.elapsed().as_secs_f64();
+                match &resumed {
+                    Ok(()) => {
+                        tracing::warn!(target: "ssm_proxy::notice", "reconnected after {took:.1} s; the session goes on")
+                    }
+                    Err(_) => {
+                        tracing::warn!(target: "ssm_proxy::notice", "could not reconnect; giving up after {took:.0} s")
+                    }
                 }
+                resumed?;
             }
         }
     }
@@ -444,6 +462,7 @@ impl Driver {
         Outcome {
             end,
             exit_code: self.exit_code,
+            terminated: false,
         }
     }
 
@@ -452,10 +471,17 @@ impl Driver {
     async fn finish(&mut self, end: End) -> Outcome {
         self.session.terminate(Instant::now().into_std());
         self.flush();
-        if let Err(e) = self.aws.terminate_session(&self.grant.session_id).await {
-            tracing::debug!(error = %e, "TerminateSession failed");
+        let terminated = match self.aws.terminate_session(&self.grant.session_id).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "TerminateSession failed");
+                false
+            }
+        };
+        Outcome {
+            terminated,
+            ..self.outcome(end)
         }
-        self.outcome(end)
     }
 
     /// Replaces a lost websocket: ResumeSession (fresh credentials come from the provider chain
