@@ -213,7 +213,8 @@ pub enum Command {
 
 Escapes (on a terminal, right after Enter): ~. disconnects, ~? lists them, ~~ sends one ~.")]
 pub struct ShellArgs {
-    /// Instance or managed-node id, a Name tag value, or tag:KEY=VALUE.
+    /// Instance or managed-node id, a Name tag value, tag:KEY=VALUE, or an ECS container
+    /// ecs:CLUSTER/TASK[/CONTAINER] (TASK: task id or service name; docs/ecs.md).
     pub target: String,
 
     /// Run this instead of a shell (after `--`). Several words are quoted for the remote sh;
@@ -384,7 +385,8 @@ AWS-StartPortForwardingSession, otherwise AWS-StartPortForwardingSessionToRemote
 LPORT 0 picks a free port. One line per forward is printed to stderr when it listens:
   listening on 127.0.0.1:PORT -> TARGET HOST:RPORT")]
 pub struct ForwardArgs {
-    /// Instance or managed-node id (i-…, mi-…), a Name tag value, or tag:KEY=VALUE.
+    /// Instance or managed-node id (i-…, mi-…), a Name tag value, tag:KEY=VALUE, or an ECS
+    /// container ecs:CLUSTER/TASK[/CONTAINER].
     pub target: String,
 
     /// A forward: [BIND:]LPORT:[HOST:]RPORT (repeatable; BIND defaults to 127.0.0.1; an IPv6

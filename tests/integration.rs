@@ -12,6 +12,8 @@ mod e2e_contract;
 #[cfg(unix)]
 mod e2e_doctor;
 #[cfg(unix)]
+mod e2e_ecs;
+#[cfg(unix)]
 mod e2e_eic;
 #[cfg(unix)]
 mod e2e_errors;

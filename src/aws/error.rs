@@ -164,6 +164,89 @@ pub enum AwsError {
         /// Transport error text.
         detail: String,
     },
+    /// IAM refused an ECS call (ECS Exec).
+    #[error(
+        "access denied: {0}: allow ecs:ExecuteCommand, ecs:DescribeTasks and ecs:ListTasks on this cluster's tasks in your IAM policy (docs/ecs.md)"
+    )]
+    EcsDenied(String),
+    /// The ECS endpoint could not be reached.
+    #[error(
+        "could not reach the ECS endpoint {endpoint}: {detail}: check the network, proxy settings (HTTPS_PROXY) and AWS_ENDPOINT_URL_ECS"
+    )]
+    EcsUnreachable {
+        /// URL tried.
+        endpoint: String,
+        /// Transport error text.
+        detail: String,
+    },
+    /// No such cluster, task or service.
+    #[error(
+        "no ECS {what} in {region}: check the names (aws ecs list-tasks --cluster CLUSTER), the region and the profile"
+    )]
+    EcsNotFound {
+        /// `cluster NAME` or `task or service NAME in cluster NAME`.
+        what: String,
+        /// Region asked.
+        region: String,
+    },
+    /// The service exists but runs no task.
+    #[error(
+        "ECS service {service} in cluster {cluster} has no running task: scale it up (aws ecs update-service --desired-count 1) or wait for its deployment"
+    )]
+    EcsNoTasks {
+        /// Service name.
+        service: String,
+        /// Cluster name.
+        cluster: String,
+    },
+    /// The task is not RUNNING.
+    #[error(
+        "ECS task {task} is {status}, not RUNNING: exec into a running task (aws ecs list-tasks --desired-status RUNNING)"
+    )]
+    EcsNotRunning {
+        /// Task id.
+        task: String,
+        /// Its lastStatus.
+        status: String,
+    },
+    /// The task was started without execute-command.
+    #[error(
+        "execute-command is not enabled on ECS task {task}: run a new task with --enable-execute-command, or redeploy its service (aws ecs update-service --enable-execute-command --force-new-deployment)"
+    )]
+    EcsExecDisabled {
+        /// Task id.
+        task: String,
+    },
+    /// The container's ExecuteCommandAgent is not running.
+    #[error(
+        "the ExecuteCommandAgent of container {container} in ECS task {task} is {status}, not RUNNING: give the task role ssmmessages:CreateControlChannel, CreateDataChannel, OpenControlChannel and OpenDataChannel, let the task reach ssmmessages, or wait for the agent to start"
+    )]
+    EcsAgent {
+        /// Task id.
+        task: String,
+        /// Container name.
+        container: String,
+        /// The agent's lastStatus (`absent` when not listed).
+        status: String,
+    },
+    /// The container is ambiguous or unknown.
+    #[error("ECS task {task} has {why} ({names}): name one as ecs:CLUSTER/TASK/CONTAINER")]
+    EcsContainer {
+        /// Task id.
+        task: String,
+        /// `several containers` or `no container NAME`.
+        why: String,
+        /// The task's container names.
+        names: String,
+    },
+    /// ECS refused for another reason.
+    #[error("ECS refused the command ({code}: {message}): see docs/ecs.md")]
+    EcsRefused {
+        /// Error code.
+        code: String,
+        /// Error message.
+        message: String,
+    },
     /// Everything else.
     #[error("{0}")]
     Other(String),
@@ -185,19 +268,27 @@ impl AwsError {
             | Self::AccessDenied(_)
             | Self::DescribeDenied(_)
             | Self::EicDenied(_)
+            | Self::EcsDenied(_)
             | Self::Kms { .. } => 77,
             Self::NoRegion
             | Self::NoProfile(..)
             | Self::InvalidDocument(_)
             | Self::InvalidParameters(_)
-            | Self::Ambiguous { .. } => 78,
+            | Self::Ambiguous { .. }
+            | Self::EcsExecDisabled { .. }
+            | Self::EcsContainer { .. } => 78,
             Self::TargetNotConnected { .. }
             | Self::Unreachable { .. }
             | Self::NoMatch { .. }
             | Self::Offline { .. }
             | Self::EicRefused { .. }
             | Self::EicUnreachable { .. }
-            | Self::KmsUnreachable { .. } => 69,
+            | Self::KmsUnreachable { .. }
+            | Self::EcsUnreachable { .. }
+            | Self::EcsNotFound { .. }
+            | Self::EcsNoTasks { .. }
+            | Self::EcsNotRunning { .. }
+            | Self::EcsAgent { .. } => 69,
             _ => 1,
         }
     }

@@ -1,8 +1,10 @@
 //! The control plane through the real AWS SDK: configuration (profile, region, credentials,
 //! endpoint overrides), StartSession, ResumeSession and TerminateSession, and the mapping of
 //! every failure to one line that names the cause and the fix. Beside them: the managed-node
-//! inventory (`inventory`), EC2 Instance Connect (`eic`) and the caller identity (`identity`).
+//! inventory (`inventory`), EC2 Instance Connect (`eic`), ECS Exec (`ecs`) and the caller
+//! identity (`identity`).
 
+mod ecs;
 mod eic;
 mod error;
 mod http;
@@ -28,6 +30,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ssm::config::Region;
 use aws_sdk_ssm::config::retry::{RetryPartition, TokenBucket};
 
+pub use ecs::EcsContainer;
 pub use error::AwsError;
 pub use identity::Identity;
 pub use inventory::ManagedNode;

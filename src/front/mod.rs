@@ -1,6 +1,7 @@
 //! The user-facing modes. Each only decides where the session's bytes come from and go to.
 
 pub mod doctor;
+pub mod ecs;
 pub mod forward;
 pub mod manual;
 pub mod plugin;

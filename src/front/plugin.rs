@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::aws::{Aws, AwsOptions, SessionGrant};
 use crate::cli::UsageError;
 use crate::front::forward::{self, Forward};
-use crate::front::{proxy, shell};
+use crate::front::{ecs, proxy, shell};
 use crate::os;
 use crate::proto::session::CLIENT_VERSION;
 use crate::transport::websocket::{self, NetConfig};
@@ -163,8 +163,9 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
     let resp: Value = serde_json::from_str(response).map_err(|e| {
         PluginError::BadHandOff(format!("the StartSession response is not JSON ({e})"))
     })?;
+    // `aws ecs execute-command` hands over ECS's camelCase keys (§16.2).
     let field = |k: &str| {
-        resp.get(k)
+        ecs::field(&resp, k)
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
@@ -198,17 +199,22 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
             );
         }
     };
+    let from_ecs = ecs::is_hand_off(&resp, args.endpoint.as_deref());
     let document = request
         .get("DocumentName")
         .and_then(Value::as_str)
-        .unwrap_or("SSM-SessionManagerRunShell")
+        .unwrap_or(match from_ecs {
+            true => ecs::ECS_DOCUMENT,
+            false => "SSM-SessionManagerRunShell",
+        })
         .to_owned();
     let parameters = document_parameters(&request);
     let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let aws = Aws::load(&AwsOptions {
         profile: nonempty(&args.profile),
         region: nonempty(&args.region),
-        endpoint_url: args.endpoint.clone(),
+        // From ECS, argv[6] is the ECS endpoint: SSM calls go to the region's SSM endpoint.
+        endpoint_url: args.endpoint.clone().filter(|_| !from_ecs),
         reason: None,
     })
     .await?;
@@ -321,6 +327,7 @@ fn is_shell_document(document: &str) -> bool {
         shell::SHELL_DOCUMENT,
         shell::INTERACTIVE_DOCUMENT,
         shell::COMMAND_DOCUMENT,
+        ecs::ECS_DOCUMENT,
     ]
     .contains(&document)
 }

@@ -125,6 +125,14 @@ fn sh_word(s: &str) -> String {
 /// Runs one shell or command session; returns the process exit status.
 pub async fn run(args: ShellArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
     let spec = TargetSpec::parse(&args.target)?;
+    if let TargetSpec::Ecs {
+        cluster,
+        task,
+        container,
+    } = spec
+    {
+        return super::ecs::shell(args, aws_args, (cluster, task, container)).await;
+    }
     let plan = Plan::new(&args)?;
     let mut signals = os::signals();
     let (aws, profile) = super::connect(&aws_args).await?;

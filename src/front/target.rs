@@ -1,6 +1,6 @@
 //! What the user typed as a target, turned into a managed-node id: ids pass as given; a `Name`
 //! tag value (`web-1`) or `tag:KEY=VALUE` is looked up with SSM DescribeInstanceInformation,
-//! which also says whether the agent is online. Answers are cached on disk for a minute, so
+//! which also says whether the agent is online; `ecs:CLUSTER/TASK[/CONTAINER]` with ECS. Answers are cached on disk for a minute, so
 //! that `scp`, `rsync` and Ansible, which connect many times in a row, pay for one lookup.
 //!
 //! Also the host-alias convention: with `--alias`, ssh's `%h` is `TARGET.PROFILE.REGION`, so one
@@ -32,6 +32,16 @@ pub enum TargetSpec {
         /// Tag value.
         value: String,
     },
+    /// `ecs:CLUSTER/TASK[/CONTAINER]`: a container of an ECS task; TASK is a task id or a
+    /// service name (see [`super::ecs`]).
+    Ecs {
+        /// Cluster name.
+        cluster: String,
+        /// Task id or service name.
+        task: String,
+        /// Container name; may be omitted when the task has one.
+        container: Option<String>,
+    },
 }
 
 impl TargetSpec {
@@ -54,6 +64,14 @@ impl TargetSpec {
                 ))),
             };
         }
+        if let Some(ecs) = super::ecs::parse(s) {
+            let (cluster, task, container) = ecs?;
+            return Ok(Self::Ecs {
+                cluster,
+                task,
+                container,
+            });
+        }
         if is_id(s) || s.starts_with("ecs:") {
             return Ok(Self::Id(s.to_owned()));
         }
@@ -66,6 +84,14 @@ impl TargetSpec {
             Self::Id(id) => id.clone(),
             Self::Name(n) => format!("named {n:?}"),
             Self::Tag { key, value } => format!("tagged {key}={value}"),
+            Self::Ecs {
+                cluster,
+                task,
+                container,
+            } => match container {
+                Some(c) => format!("ecs:{cluster}/{task}/{c}"),
+                None => format!("ecs:{cluster}/{task}"),
+            },
         }
     }
 }
@@ -191,6 +217,17 @@ pub async fn resolve(
 ) -> Result<String, AwsError> {
     let (key, value) = match spec {
         TargetSpec::Id(id) => return Ok(id.clone()),
+        TargetSpec::Ecs {
+            cluster,
+            task,
+            container,
+        } => {
+            let found = aws
+                .ecs_container(cluster, task, container.as_deref())
+                .await?;
+            tracing::info!(target = %spec.describe(), id = %found.target(), "ECS container");
+            return Ok(found.target());
+        }
         TargetSpec::Name(n) => ("tag:Name".to_owned(), n.clone()),
         TargetSpec::Tag { key, value } => (format!("tag:{key}"), value.clone()),
     };

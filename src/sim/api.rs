@@ -1,6 +1,6 @@
 //! The fake SSM control plane: AWS JSON 1.1 over HTTP (`X-Amz-Target: AmazonSSM.<Op>`), answering
 //! StartSession, ResumeSession, TerminateSession and DescribeInstanceInformation, and beside them
-//! EC2 Instance Connect SendSSHPublicKey and STS GetCallerIdentity, with errors in the real wire
+//! EC2 Instance Connect SendSSHPublicKey, STS GetCallerIdentity and ECS (`ecs`, under `/ecs`), with errors in the real wire
 //! shape (`__type` in the body and `x-amzn-ErrorType`), so the real AWS SDK talks to it unchanged.
 //! The session operations pass the rate limit first (`throttle`), as on AWS.
 
@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use super::service::Service;
+
+/// Path of the fake ECS endpoint (`AWS_ENDPOINT_URL_ECS`); only ECS operations are served there.
+pub const ECS_PATH: &str = "/ecs";
 
 /// An API error as the service would send it.
 #[derive(Debug)]
@@ -64,6 +67,7 @@ async fn handle(
         let keys = service.eic_authorized_keys(user);
         return Ok(Response::new(Full::new(Bytes::from(keys))));
     }
+    let on_ecs = req.uri().path().starts_with(ECS_PATH);
     let target = req
         .headers()
         .get("x-amz-target")
@@ -84,7 +88,20 @@ async fn handle(
     }
     let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let op = target.rsplit('.').next().unwrap_or_default();
+    let ecs_op = target.starts_with("AmazonEC2ContainerService");
     let result = match op {
+        _ if on_ecs && !ecs_op => {
+            service
+                .misrouted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(ApiError::client(
+                "UnknownOperationException",
+                format!("{target} sent to the ECS endpoint"),
+            ))
+        }
+        "ExecuteCommand" => service.execute_command(&input),
+        "DescribeTasks" => super::ecs::describe_tasks(&service.config().ecs_tasks, &input),
+        "ListTasks" => super::ecs::list_tasks(&service.config().ecs_tasks, &input),
         "StartSession" => service
             .throttle("StartSession")
             .and_then(|()| service.start_session(&input)),

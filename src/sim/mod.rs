@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod ecs;
 pub mod faults;
 pub mod fleet;
 pub mod gateway;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+pub use ecs::SimTask;
 pub use faults::{DropPlan, FaultPlan, PausePlan};
 pub use fleet::SimInstance;
 pub use service::{Service, SimStats};
@@ -86,6 +88,8 @@ pub struct SimConfig {
     pub keys: Vec<(String, String)>,
     /// End sessions with no client data for this long, as the service's idle timeout does.
     pub idle_timeout: Option<std::time::Duration>,
+    /// The ECS tasks the fake ECS API knows (default: cluster `sim`, service `web`).
+    pub ecs_tasks: Vec<SimTask>,
 }
 
 impl Default for SimConfig {
@@ -115,6 +119,7 @@ impl Default for SimConfig {
             allow_unsigned: false,
             keys: Vec::new(),
             idle_timeout: None,
+            ecs_tasks: ecs::default_tasks(),
         }
     }
 }
@@ -174,6 +179,11 @@ impl SimServer {
             ("AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT", self.endpoint()),
             ("AWS_ENDPOINT_URL_STS", self.endpoint()),
             ("AWS_ENDPOINT_URL_KMS", self.endpoint()),
+            // Its own path: SSM calls sent there are refused, as the real ECS endpoint would.
+            (
+                "AWS_ENDPOINT_URL_ECS",
+                format!("{}{}", self.endpoint(), api::ECS_PATH),
+            ),
             (
                 "SSM_PROXY_SSMMESSAGES_ENDPOINT",
                 self.service.ws_base().to_owned(),

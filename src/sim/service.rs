@@ -60,6 +60,8 @@ pub struct Service {
     counter: AtomicU64,
     describes: AtomicU64,
     pub(crate) encrypted: AtomicU64,
+    /// SSM calls that arrived on the ECS endpoint.
+    pub(crate) misrouted: AtomicU64,
     /// Until when new data-channel connections are refused (a simulated network outage).
     outage_until: Mutex<Option<std::time::Instant>>,
     eic: super::fleet::EicKeys,
@@ -97,6 +99,7 @@ impl Service {
             counter: AtomicU64::new(0),
             describes: AtomicU64::new(0),
             encrypted: AtomicU64::new(0),
+            misrouted: AtomicU64::new(0),
             outage_until: Mutex::new(None),
             reasons: Mutex::new(Vec::new()),
             signers: Mutex::new(Vec::new()),
@@ -207,7 +210,7 @@ impl Service {
         if self.config.offline.iter().any(|t| t == target)
             || fleet_offline
             || self.booting(target)
-            || !looks_like_target(target)
+            || !(looks_like_target(target) || super::ecs::reachable(&self.config.ecs_tasks, target))
         {
             return Err(ApiError::client(
                 "TargetNotConnected",
@@ -278,9 +281,22 @@ impl Service {
                 ));
             }
         };
+        Ok(self.spawn(target, plugin, properties, "sim", reason))
+    }
+
+    /// Starts a session of the simulated agent; returns SessionId, TokenValue and StreamUrl
+    /// (ids start with `prefix`; `reason` is StartSession's `Reason`).
+    fn spawn(
+        self: &std::sync::Arc<Self>,
+        target: &str,
+        plugin: Plugin,
+        properties: Value,
+        prefix: &str,
+        reason: Option<&str>,
+    ) -> Value {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let session_id = format!(
-            "sim-{n:04}-{}",
+            "{prefix}-{n:04}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let token = self.token();
@@ -305,9 +321,28 @@ impl Service {
             reasons.push((session_id.clone(), r.to_owned()));
         }
         self.started.fetch_add(1, Ordering::Relaxed);
-        Ok(
-            json!({"SessionId": session_id, "TokenValue": token, "StreamUrl": self.stream_url(&session_id)}),
-        )
+        json!({"SessionId": session_id, "TokenValue": token, "StreamUrl": self.stream_url(&session_id)})
+    }
+
+    /// ECS `ExecuteCommand`: the command on the container's pty (InteractiveCommands), its
+    /// session in the response's camelCase `session` (§16.2).
+    pub fn execute_command(self: &std::sync::Arc<Self>, input: &Value) -> Result<Value, ApiError> {
+        let ecs = super::ecs::execute_command(&self.config.ecs_tasks, &self.config.denied, input)?;
+        let properties = json!({"command": ecs.command});
+        let grant = self.spawn(
+            &ecs.target,
+            Plugin::InteractiveCommands,
+            properties,
+            "ecs-execute-command",
+            None,
+        );
+        let mut response = ecs.response;
+        response["session"] = json!({
+            "sessionId": grant["SessionId"],
+            "streamUrl": grant["StreamUrl"],
+            "tokenValue": grant["TokenValue"],
+        });
+        Ok(response)
     }
 
     /// `ResumeSession`: a new token for a live session; no token once it has ended (§1.1).
@@ -406,6 +441,11 @@ impl Service {
         if let Some(e) = self.lock().get_mut(session_id) {
             e.ended = true;
         }
+    }
+
+    /// SSM calls sent to the ECS endpoint (refused; a client bug).
+    pub fn misrouted(&self) -> u64 {
+        self.misrouted.load(Ordering::Relaxed)
     }
 
     /// Sessions started and not yet over.
