@@ -3,7 +3,7 @@
 //! the other modes reach a container through [`target::resolve`], which turns the same form into
 //! the SSM target `ecs:CLUSTER_TASKID_RUNTIMEID`. Also what the session-manager-plugin entry
 //! needs to recognise a hand-off from `aws ecs execute-command`: camelCase keys, and the ECS
-//! endpoint in argv[6] where the SSM one would be.
+//! endpoint in `argv[6]` where the SSM one would be.
 //!
 //! [`target::resolve`]: super::target::resolve
 
@@ -93,7 +93,7 @@ pub fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
 }
 
 /// Whether a plugin hand-off comes from `aws ecs execute-command`: ECS's camelCase response,
-/// or an ECS endpoint in argv[6]. Then argv[6] is no SSM endpoint: ResumeSession and
+/// or an ECS endpoint in `argv[6]`. Then `argv[6]` is no SSM endpoint: ResumeSession and
 /// TerminateSession go to the region's SSM endpoint instead.
 pub fn is_hand_off(response: &Value, endpoint: Option<&str>) -> bool {
     let camel = response.get("sessionId").is_some() && response.get("SessionId").is_none();
