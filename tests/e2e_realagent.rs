@@ -25,8 +25,8 @@ use crate::support::forward::{Forwarder, echo_round_trip, echo_server};
 use crate::support::realagent::RealAgent;
 use crate::support::{
     ChildGuard, Sha256, Sshd, TARGET, TempDir, apply_env, kill_pid, random_bytes, release_bin,
-    run_ok, run_with_timeout, sha256, sha256_file, spawn_group, tree_digest, wait_bounded,
-    wait_until, write_random_file,
+    run_ok, run_with_timeout, sha256, sha256_file, spawn_group, wait_bounded, wait_until,
+    write_random_file,
 };
 
 /// Bound for one short command.
@@ -197,41 +197,7 @@ fn scp_64mib_up_and_down() {
 #[ignore = "needs H19b: the client resends every unacked upload message while the agent blocks on its destination (3.4 M frames for an 8 MiB echo); hangs under load"]
 fn rsync_tree_then_delta() {
     let ra = Ra::new();
-    let env = ra.env();
-    let local = TempDir::new("ra-rsync");
-    let src = local.join("tree");
-    for i in 0..200u64 {
-        let size = (i * 7919) % 65536 + 1;
-        write_random_file(&src.join(format!("d{}/f{i:03}.bin", i % 10)), size, i);
-    }
-    let dst = ra.sshd.dir().join("mirror");
-    let sync = |what: &str| {
-        let out = run_ok(
-            ra.sshd
-                .rsync_cmd(release_bin(), &env)
-                .args(["-a", "--delete", "--stats"])
-                .arg(format!("{}/", src.display()))
-                .arg(ra.sshd.remote(&dst)),
-            BULK,
-        );
-        assert_eq!(tree_digest(&src), tree_digest(&dst), "{what}: trees differ");
-        text(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("Number of regular files transferred: "))
-            .map(|n| n.replace(',', "").trim().parse::<usize>().expect("count"))
-            .expect("rsync --stats count")
-    };
-    assert_eq!(sync("initial sync"), 200);
-    for i in [3u64, 77, 150] {
-        let path = src.join(format!("d{}/f{i:03}.bin", i % 10));
-        let mut data = fs::read(&path).expect("read");
-        data[0] ^= 0xff;
-        data.extend_from_slice(&random_bytes(4096, 1000 + i));
-        fs::write(&path, data).expect("modify");
-    }
-    write_random_file(&src.join("d0/new.bin"), 100_000, 4242);
-    fs::remove_file(src.join("d1/f001.bin")).expect("delete");
-    assert_eq!(sync("delta sync"), 4);
+    crate::support::rsync_tree_then_delta(&ra.sshd, release_bin(), &ra.env(), BULK);
     ra.assert_sessions_ended(2);
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::support::{
     self, ChildGuard, Fixture, Sha256, TempDir, proxy_bin, random_bytes, run_ok, run_with_timeout,
-    sha256, sha256_file, tree_digest, wait_bounded, write_random_file,
+    sha256, sha256_file, wait_bounded, write_random_file,
 };
 
 /// Bound for short commands (one ssh round trip).
@@ -92,50 +92,10 @@ fn scp_64mib_up_and_down() {
 }
 
 /// Counts "Number of regular files transferred: N" in `rsync --stats` output.
-fn rsync_transferred(stdout: &str) -> usize {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("Number of regular files transferred: "))
-        .map(|n| n.replace(',', "").trim().parse().expect("count"))
-        .unwrap_or_else(|| panic!("no transfer count in rsync output:\n{stdout}"))
-}
-
 #[test]
 fn rsync_tree_then_delta() {
     let fx = Fixture::new();
-    let env = fx.env();
-    let local = TempDir::new("rsync");
-    let src = local.join("tree");
-    for i in 0..200u64 {
-        let size = (i * 7919) % 65536 + 1;
-        write_random_file(&src.join(format!("d{}/f{i:03}.bin", i % 10)), size, i);
-    }
-    let dst = fx.sshd.dir().join("mirror");
-    let sync = |what: &str| {
-        let out = run_ok(
-            fx.sshd
-                .rsync_cmd(proxy_bin(), &env)
-                .args(["-a", "--delete", "--stats"])
-                .arg(format!("{}/", src.display()))
-                .arg(fx.sshd.remote(&dst)),
-            BULK,
-        );
-        assert_eq!(tree_digest(&src), tree_digest(&dst), "{what}: trees differ");
-        rsync_transferred(&stdout_of(&out))
-    };
-    assert_eq!(sync("initial sync"), 200);
-
-    // Delta: grow three files (so size-and-mtime quick check sees them), add one, delete one.
-    for i in [3u64, 77, 150] {
-        let path = src.join(format!("d{}/f{i:03}.bin", i % 10));
-        let mut data = fs::read(&path).expect("read");
-        data[0] ^= 0xff;
-        data.extend_from_slice(&random_bytes(4096, 1000 + i));
-        fs::write(&path, data).expect("modify");
-    }
-    write_random_file(&src.join("d0/new.bin"), 100_000, 4242);
-    fs::remove_file(src.join("d1/f001.bin")).expect("delete");
-    assert_eq!(sync("delta sync"), 4);
+    support::rsync_tree_then_delta(&fx.sshd, proxy_bin(), &fx.env(), BULK);
     fx.assert_no_sessions();
 }
 

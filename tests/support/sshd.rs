@@ -297,14 +297,8 @@ impl Sshd {
     ///
     /// [`remote`]: Sshd::remote
     pub fn scp_cmd(&self, proxy: &Path, env: &[(String, String)]) -> Command {
-        let mut cmd = client("scp", env);
-        cmd.arg("-q")
-            .args(self.common_opts())
-            .arg("-P")
-            .arg(self.port.to_string())
-            .arg("-o")
-            .arg(Self::proxy_opt(proxy));
-        cmd
+        let proxy = shell_quote(&proxy.display().to_string());
+        self.scp_cmd_via(&format!("{proxy} %h %p"), env)
     }
 
     /// `scp ... -P PORT -o ProxyCommand=<proxy_command>`: a ProxyCommand given whole (already
