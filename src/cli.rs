@@ -214,7 +214,7 @@ pub enum Command {
 Escapes (on a terminal, right after Enter): ~. disconnects, ~? lists them, ~~ sends one ~.")]
 pub struct ShellArgs {
     /// Instance or managed-node id, a Name tag value, tag:KEY=VALUE, or an ECS container
-    /// ecs:CLUSTER/TASK[/CONTAINER] (TASK: task id or service name; docs/ecs.md).
+    /// ecs:CLUSTER/TASK[/CONTAINER] (TASK: task id or service name).
     pub target: String,
 
     /// Run this instead of a shell (after `--`). Several words are quoted for the remote sh;

@@ -90,7 +90,7 @@ fn alias_carries_profile_and_region() {
     fs::write(&config, "[profile simprof]\nregion = eu-west-3\n").expect("config");
     fs::write(
         &credentials,
-        "[simprof]\naws_access_key_id = AKIAPROFILE000000000\naws_secret_access_key = s\n",
+        "[simprof]\naws_access_key_id = AKIASIMULATOR000000\naws_secret_access_key = simulator-secret\n",
     )
     .expect("credentials");
     let mut env: Vec<(String, String)> = fx
