@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, TcpListener};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread;
@@ -270,17 +270,8 @@ fn ssh_local_forward_carries_8mib() {
             .arg(format!("127.0.0.1:{local_port}:127.0.0.1:{echo}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut ssh = ChildGuard(spawn_group(&mut cmd));
-        let mut conn = None;
-        wait_until(SHORT, || {
-            if matches!(ssh.0.try_wait(), Ok(Some(_))) {
-                return true;
-            }
-            conn = TcpStream::connect((Ipv4Addr::LOCALHOST, local_port)).ok();
-            conn.is_some()
-        });
-        if let Some(conn) = conn {
-            tunnel = Some((ssh, conn));
+        if let Some(pair) = crate::support::open_local_forward(&mut cmd, local_port, SHORT) {
+            tunnel = Some(pair);
             break;
         }
     }

@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
@@ -198,17 +198,8 @@ fn local_forward_carries_8mib() {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut ssh = ChildGuard(support::spawn_group(&mut cmd));
-        let mut conn = None;
-        support::wait_until(SHORT, || {
-            if matches!(ssh.0.try_wait(), Ok(Some(_))) {
-                return true;
-            }
-            conn = TcpStream::connect((Ipv4Addr::LOCALHOST, local_port)).ok();
-            conn.is_some()
-        });
-        if let Some(conn) = conn {
-            tunnel = Some((ssh, conn));
+        if let Some(pair) = support::open_local_forward(&mut cmd, local_port, SHORT) {
+            tunnel = Some(pair);
             break;
         }
     }

@@ -555,3 +555,22 @@ pub fn rsync_tree_then_delta(sshd: &Sshd, proxy: &Path, env: &[(String, String)]
     fs::remove_file(src.join("d1/f001.bin")).expect("delete");
     assert_eq!(sync("delta sync"), 4);
 }
+
+/// Starts `cmd` (an `ssh -N -L LOCAL_PORT:…`) and connects to its listener on `local_port`:
+/// None if ssh exited first or the listener did not come up within `secs`.
+pub fn open_local_forward(
+    cmd: &mut Command,
+    local_port: u16,
+    secs: u64,
+) -> Option<(ChildGuard, std::net::TcpStream)> {
+    let mut ssh = ChildGuard(spawn_group(cmd));
+    let mut conn = None;
+    wait_until(secs, || {
+        if matches!(ssh.0.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        conn = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, local_port)).ok();
+        conn.is_some()
+    });
+    conn.map(|conn| (ssh, conn))
+}
