@@ -257,10 +257,33 @@ pub struct ResumeArgs {
     )]
     pub resume_timeout: u64,
 
+    /// Upload rate limit for a service limit known in advance: N messages per second, or N
+    /// followed by B, K or M for bytes per second (e.g. 500, 512K). Without it uploads are
+    /// still slowed down whenever the service sends pause_publication.
+    #[arg(
+        long,
+        value_name = "RATE",
+        value_parser = crate::proto::pacer::Rate::parse,
+        env = "SSM_PROXY_MAX_RATE"
+    )]
+    pub max_rate: Option<crate::proto::pacer::Rate>,
+
     /// Why this session is opened (1 to 256 characters): StartSession's Reason, which Session
     /// Manager shows in its session history and CloudTrail records (e.g. --reason %r@%h).
     #[arg(long, value_name = "TEXT", value_parser = parse_reason)]
     pub reason: Option<String>,
+}
+
+impl Cli {
+    /// The `--max-rate` of whichever session mode runs.
+    pub fn max_rate(&self) -> Option<crate::proto::pacer::Rate> {
+        match &self.command {
+            None => self.resume.max_rate,
+            Some(Command::Shell(a)) => a.resume.max_rate,
+            Some(Command::Forward(a)) => a.resume.max_rate,
+            Some(_) => None,
+        }
+    }
 }
 
 /// A mistake in the arguments found after parsing; reported like clap's errors (exit 2).
@@ -551,6 +574,22 @@ pub struct SimArgs {
     /// Pace the agent like the real one (1 KiB reads with a 1 ms sleep).
     #[arg(long)]
     pub paced: bool,
+
+    /// Use the fast agent (a send window, every message on its own timer) instead of the one
+    /// that behaves like amazon-ssm-agent (oldest-only resend every 100 ms, no window); for
+    /// benchmarks of the client alone.
+    #[arg(long)]
+    pub fast_agent: bool,
+
+    /// Client messages per second per session above which the gateway sends pause_publication,
+    /// then closes the websocket if the client keeps sending.
+    #[arg(long, value_name = "N")]
+    pub max_msg_rate: Option<u32>,
+
+    /// Send every fifth frame with a longer header (HeaderLength 124), as the official parsers
+    /// allow.
+    #[arg(long)]
+    pub odd_headers: bool,
 
     /// Encrypt every session with this KMS key, as a kmsKeyId in the Session Manager
     /// preferences does (the agent asks for KMSEncryption in the handshake).

@@ -25,6 +25,9 @@ fn main() {
         std::process::exit(2);
     }
     logging::init(&cli.log);
+    if let Some(rate) = cli.max_rate() {
+        ssm_proxy::transport::driver::set_max_rate(rate);
+    }
     let multi_thread = matches!(cli.command, Some(Command::Sim(_)));
     let runtime = if multi_thread {
         tokio::runtime::Builder::new_multi_thread()

@@ -6,6 +6,8 @@
 #[cfg(unix)]
 mod docs;
 #[cfg(unix)]
+mod e2e_backpressure;
+#[cfg(unix)]
 mod e2e_contract;
 #[cfg(unix)]
 mod e2e_doctor;

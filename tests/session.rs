@@ -174,17 +174,23 @@ fn unacked_input_is_retransmitted_after_the_rto_and_not_after_the_ack() {
 }
 
 #[test]
-fn a_slow_reader_leaves_new_output_unacked_instead_of_growing() {
+fn a_slow_reader_stops_reading_then_leaves_output_unacked_instead_of_growing() {
     let t0 = Instant::now();
     let cfg = SessionConfig {
-        output_limit: 2048,
+        output_limit: 1024,
+        output_hard_limit: 2048,
         ..Default::default()
     };
     let mut s = Session::new(cfg, t0);
     s.handle_frame(t0, agent_frame(0, ptype::HANDSHAKE_REQUEST, REQUEST));
     s.handle_frame(t0, agent_frame(1, ptype::HANDSHAKE_COMPLETE, "{}"));
     sent(&mut s);
-    for seq in 2..6 {
+    assert!(s.wants_frames());
+    s.handle_frame(t0, agent_frame(2, ptype::OUTPUT, vec![1u8; 1024]));
+    // Backpressure: the caller stops reading the websocket here.
+    assert!(!s.wants_frames());
+    // A caller that feeds frames anyway meets the hard limit.
+    for seq in 3..6 {
         s.handle_frame(t0, agent_frame(seq, ptype::OUTPUT, vec![1u8; 1024]));
     }
     // 4 is refused (left unacked); 5 is ahead of order, so it is buffered within the reorder limit.
@@ -204,7 +210,8 @@ fn a_refused_message_is_taken_as_soon_as_the_reader_catches_up() {
     let t0 = Instant::now();
     let mut s = Session::new(
         SessionConfig {
-            output_limit: 2048,
+            output_limit: 1024,
+            output_hard_limit: 2048,
             ..Default::default()
         },
         t0,

@@ -43,6 +43,8 @@ fn scenario(seed: u64) -> PairConfig {
         target_bytes_per_ms: splitmix(&mut rng).is_multiple_of(4).then_some(64 * 1024),
         time_limit: Duration::from_secs(120),
         kms: seed.is_multiple_of(5),
+        fast_agent: false,
+        ignore_backpressure: false,
     }
 }
 

@@ -170,11 +170,13 @@ pub async fn run_granted(
     signals: mpsc::Receiver<i32>,
 ) -> anyhow::Result<u8> {
     let raw = plan.remote_tty && std::io::stdin().is_terminal();
-    let config = DriverConfig {
+    let mut config = DriverConfig {
         resume_timeout: Duration::from_secs(resume_timeout),
         target: target.to_owned(),
         ..Default::default()
     };
+    // Shell-type documents may run without a handshake: no ready deadline, input at once.
+    config.session.no_handshake = true;
     let session_id = grant.session_id.clone();
     let span = tracing::info_span!("session", id = %session_id, %target);
     let result: anyhow::Result<Outcome> = async {

@@ -27,6 +27,9 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
         pauses: crate::sim::PausePlan::parse(&args.pauses)
             .map_err(|e| anyhow::anyhow!("--pauses: {e}"))?,
         paced: args.paced,
+        fast_agent: args.fast_agent,
+        max_msg_rate: args.max_msg_rate,
+        odd_headers: args.odd_headers,
         agent_version: args.agent_version,
         kms_key: args.kms,
         kms_denied: args.kms_deny,

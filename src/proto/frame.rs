@@ -1,7 +1,7 @@
 //! The binary message codec of the data channel (protocol.md §3): one websocket message carries
 //! one frame. Encoding produces exactly what the official serializers produce; decoding accepts
-//! everything they accept (HL 116 and the service's HL 112) and rejects, without panicking,
-//! everything else.
+//! everything they accept (any non-zero HeaderLength: the payload starts at HL + 4, §16.3) and
+//! rejects, without panicking, everything else.
 
 use aws_lc_rs::digest::{SHA256, digest};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -109,7 +109,7 @@ pub enum FrameError {
         /// Bytes received.
         len: usize,
     },
-    /// HeaderLength outside what any sender produces.
+    /// HeaderLength of zero or past the end of the frame.
     #[error("bad header length {0}")]
     HeaderLength(u32),
     /// Empty MessageType.
@@ -173,12 +173,13 @@ impl Frame {
         let b = raw.as_ref();
         let truncated = || FrameError::Truncated { len: b.len() };
         let hl = be_u32(b, 0).ok_or_else(truncated)?;
-        // Anything shorter cannot hold the digest; anything longer is no sender's header.
-        if !(SHORT_HEADER_LEN..=HEADER_LEN).contains(&hl) {
+        // The official parsers take the payload from HL + 4 whatever HL is (only 0 is refused);
+        // the fixed fields up to the digest must be there in any case.
+        let payload_start = hl as usize + 4;
+        if hl == 0 || payload_start > b.len() {
             return Err(FrameError::HeaderLength(hl));
         }
-        let payload_start = hl as usize + 4;
-        if b.len() < payload_start {
+        if b.len() < SHORT_HEADER_LEN as usize {
             return Err(truncated());
         }
         let name = b.get(4..4 + TYPE_LEN).ok_or_else(truncated)?;
@@ -278,6 +279,33 @@ mod tests {
         for n in 0..wire.len() {
             let _ = Frame::decode(&Bytes::copy_from_slice(&wire[..n]));
         }
+    }
+
+    #[test]
+    fn any_header_length_the_official_parsers_accept() {
+        let f = Frame {
+            message_type: MessageType::OutputStreamData,
+            schema_version: 1,
+            created_date: 5,
+            sequence: 3,
+            flags: 0,
+            message_id: Uuid::nil(),
+            payload_type: ptype::OUTPUT,
+            payload: Bytes::from_static(b"payload"),
+        };
+        let wire = f.encode();
+        // A longer header: 8 extra bytes before PayloadLength.
+        let mut long = wire[..HEADER_LEN as usize].to_vec();
+        long[..4].copy_from_slice(&(HEADER_LEN + 8).to_be_bytes());
+        long.extend_from_slice(&[0xee; 8]);
+        long.extend_from_slice(&wire[HEADER_LEN as usize..]);
+        assert_eq!(Frame::decode(&Bytes::from(long)), Ok(f.clone()));
+        let mut zero = wire.to_vec();
+        zero[..4].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(
+            Frame::decode(&Bytes::from(zero)),
+            Err(FrameError::HeaderLength(0))
+        );
     }
 
     fn hex(s: &str) -> Vec<u8> {

@@ -54,7 +54,7 @@ pub fn evaluate(
         match action.action_type.as_str() {
             "SessionType" => {
                 let params: SessionTypeParams =
-                    serde_json::from_value(action.action_parameters.clone()).unwrap_or_default();
+                    super::json::from_value(action.action_parameters.clone()).unwrap_or_default();
                 kind = session_kind(&params, &req.agent_version);
                 if kind.is_none() {
                     out.action_status = status::FAILED;
@@ -62,9 +62,7 @@ pub fn evaluate(
                 }
             }
             "KMSEncryption" => {
-                kms_key_id = action
-                    .action_parameters
-                    .get("KMSKeyId")
+                kms_key_id = super::json::get(&action.action_parameters, "KMSKeyId")
                     .and_then(Value::as_str)
                     .map(str::to_owned);
                 match &kms_result {
@@ -104,7 +102,7 @@ fn session_kind(params: &SessionTypeParams, agent_version: &str) -> Option<Sessi
             Some(SessionKind::Shell)
         }
         "Port" => {
-            let kind = params.properties.get("type").and_then(Value::as_str);
+            let kind = super::json::get(&params.properties, "type").and_then(Value::as_str);
             Some(match kind {
                 Some("LocalPortForwarding") if version_greater(agent_version, "3.0.196.0") => {
                     SessionKind::Mux {

@@ -1,14 +1,25 @@
 //! Sent but unacknowledged sequenced messages (§4.4): kept for retransmission until acked, with
-//! the RTO estimator fed by their round trips. Unlike the official client, every message whose
-//! timer expired is resent (acks are per message, so we know exactly which are missing), and the
-//! caller bounds the queue through [`Outbox::unacked_bytes`] instead of evicting unacked data.
+//! the RTO estimator fed by their round trips. Unlike the official client, messages whose timer
+//! expired are resent oldest first (acks are per message, so we know exactly which are missing),
+//! at most [`MAX_RESEND_BURST`] per [`RESEND_TICK`], with the timer backed off exponentially
+//! while nothing new is acknowledged (RFC 6298 §5.5, §5.7): a peer that stopped reading (the
+//! agent blocks while it dials or its destination write blocks, §16.3) gets a trickle, not a
+//! flood. The caller bounds the queue through [`Outbox::unacked_bytes`] instead of evicting
+//! unacked data.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::rto::RttEstimator;
+
+/// Most messages resent in one burst.
+pub const MAX_RESEND_BURST: usize = 64;
+/// Least time between two bursts.
+pub const RESEND_TICK: Duration = Duration::from_millis(10);
+/// Largest backed-off retransmission timeout.
+pub const MAX_BACKOFF_RTO: Duration = Duration::from_secs(4);
 
 #[derive(Debug)]
 struct Pending {
@@ -27,6 +38,10 @@ pub struct Outbox {
     unacked_bytes: usize,
     rtt: RttEstimator,
     retransmissions: u64,
+    /// Doublings of the RTO since the last fresh RTT sample (RFC 6298 §5.5).
+    backoff: u32,
+    /// When the last burst was cut short at [`MAX_RESEND_BURST`]: the rest waits a tick.
+    truncated_at: Option<Instant>,
 }
 
 impl Outbox {
@@ -55,18 +70,39 @@ impl Outbox {
         if !p.retransmitted {
             self.rtt
                 .on_sample(now.saturating_duration_since(p.last_sent));
+            // §5.7: a fresh sample ends the backoff.
+            self.backoff = 0;
         }
         true
     }
 
-    /// Appends to `out` every message whose RTO has expired, and restarts their timers.
+    /// The retransmission timeout with the backoff applied.
+    pub fn rto(&self) -> Duration {
+        (self.rtt.rto() * 2u32.pow(self.backoff.min(8))).min(MAX_BACKOFF_RTO.max(self.rtt.rto()))
+    }
+
+    /// Appends to `out` the oldest messages whose RTO has expired (at most
+    /// [`MAX_RESEND_BURST`]), restarts their timers and backs the timer off.
     pub fn resend_due(&mut self, now: Instant, out: &mut VecDeque<Bytes>) {
-        let rto = self.rtt.rto();
+        if self.truncated_at.is_some_and(|t| now < t + RESEND_TICK) {
+            return;
+        }
+        let rto = self.rto();
+        let mut sent = 0;
         for p in self.queue.iter_mut().filter(|p| p.last_sent + rto <= now) {
+            if sent == MAX_RESEND_BURST {
+                self.truncated_at = Some(now);
+                return;
+            }
             p.last_sent = now;
             p.retransmitted = true;
             self.retransmissions += 1;
             out.push_back(p.frame.clone());
+            sent += 1;
+        }
+        self.truncated_at = None;
+        if sent > 0 {
+            self.backoff += 1;
         }
     }
 
@@ -83,7 +119,11 @@ impl Outbox {
     /// When the earliest retransmission falls due.
     pub fn next_deadline(&self) -> Option<Instant> {
         let oldest = self.queue.iter().map(|p| p.last_sent).min()?;
-        Some(oldest + self.rtt.rto())
+        let due = oldest + self.rto();
+        Some(match self.truncated_at {
+            Some(t) => due.max(t + RESEND_TICK),
+            None => due,
+        })
     }
 
     /// Payload bytes sent and not yet acknowledged.
@@ -139,5 +179,32 @@ mod tests {
         assert_eq!(o.rtt().rtt(), Duration::from_millis(140)); // retransmitted: no sample
         assert!(!o.on_ack(t0, 0));
         assert_eq!(o.unacked_bytes(), 0);
+    }
+
+    #[test]
+    fn timer_backs_off_and_bursts_are_bounded() {
+        let t0 = Instant::now();
+        let mut o = Outbox::default();
+        for seq in 0..200 {
+            o.push(t0, seq, Bytes::from_static(b"x"), 1);
+        }
+        let mut out = VecDeque::new();
+        let t1 = t0 + Duration::from_millis(200);
+        o.resend_due(t1, &mut out);
+        assert_eq!(out.len(), MAX_RESEND_BURST);
+        o.resend_due(t1, &mut out);
+        assert_eq!(out.len(), MAX_RESEND_BURST, "the rest waits a tick");
+        assert_eq!(o.next_deadline(), Some(t1 + RESEND_TICK));
+        let mut t2 = t1;
+        while out.len() < 200 {
+            t2 += RESEND_TICK;
+            o.resend_due(t2, &mut out);
+        }
+        // Every message went out once more; the timer doubled (200 ms → 400 ms).
+        assert_eq!(o.rto(), Duration::from_millis(400));
+        // A fresh sample ends the backoff.
+        o.push(t2, 500, Bytes::from_static(b"y"), 1);
+        assert!(o.on_ack(t2 + Duration::from_millis(5), 500));
+        assert!(o.rto() < Duration::from_millis(200));
     }
 }

@@ -19,6 +19,7 @@ use super::gate::{Gate, Take};
 use super::handshake::{self, SessionKind};
 use super::inbox::{Arrival, Inbox};
 use super::outbox::Outbox;
+use super::pacer::{Pacer, Rate};
 use super::payload::{Acknowledge, ChannelClosed, HandshakeComplete, HandshakeRequest, Size};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -39,12 +40,27 @@ pub struct SessionConfig {
     pub max_payload: usize,
     /// Unacked payload bytes allowed in flight before input is refused.
     pub send_window: usize,
-    /// Bytes of undelivered output after which new in-order data is left unacked.
+    /// Bytes of undelivered (and out-of-order) output at which the session stops wanting frames
+    /// ([`Session::wants_frames`]): the caller then stops reading the websocket, so a slow local
+    /// reader backs up the service and the agent like the official client's synchronous writes
+    /// do (§16.3), and nothing is dropped.
     pub output_limit: usize,
+    /// Undelivered output after which new in-order data is left unacked anyway: only reached by
+    /// a caller that keeps feeding frames when [`Session::wants_frames`] says no.
+    pub output_hard_limit: usize,
     /// Out-of-order payload bytes held at most.
     pub reorder_limit: usize,
     /// How long to wait for the session to become ready (handshake or first output).
     pub ready_timeout: Duration,
+    /// The document runs a shell plugin, which may start without a handshake (§5.1): no ready
+    /// deadline (a quiet command may print nothing for minutes), and input is taken after
+    /// `no_handshake_grace` even if no output came (a `cat` waits for input first).
+    pub no_handshake: bool,
+    /// How long a `no_handshake` session waits for a HandshakeRequest (KMS) before it takes
+    /// input; the agent sends one, if any, as soon as its channel opens.
+    pub no_handshake_grace: Duration,
+    /// Fixed upload rate limit (`--max-rate`), on top of what pause_publication teaches.
+    pub max_rate: Rate,
     /// How long a pause_publication may hold input back before we try again (§7).
     pub pause_watchdog: Duration,
     /// Seed for message ids.
@@ -60,8 +76,12 @@ impl Default for SessionConfig {
             max_payload: 1024,
             send_window: 256 * 1024,
             output_limit: 1024 * 1024,
+            output_hard_limit: 16 * 1024 * 1024,
             reorder_limit: 4 * 1024 * 1024,
             ready_timeout: Duration::from_secs(30),
+            no_handshake: false,
+            no_handshake_grace: Duration::from_secs(1),
+            max_rate: Rate::default(),
             pause_watchdog: Duration::from_secs(5),
             seed: 0,
             hold_output: false,
@@ -127,7 +147,8 @@ pub struct Stats {
     pub duplicates: u64,
     /// Sequenced messages that arrived ahead of order and were buffered.
     pub reordered: u64,
-    /// In-order messages left unacked because the local side was not draining output.
+    /// In-order messages left unacked because the local side was not draining output (only when
+    /// the caller ignored [`Session::wants_frames`]).
     pub refused: u64,
     /// Input messages sent (first transmissions).
     pub sent: u64,
@@ -158,6 +179,7 @@ pub struct Session {
     /// may be a second later or, while it drains after its destination closed, never.
     held: Option<Frame>,
     gate: Gate,
+    pacer: Pacer,
 }
 
 impl Session {
@@ -166,6 +188,7 @@ impl Session {
         Self {
             inbox: Inbox::new(config.reorder_limit),
             gate: Gate::initial(config.hold_output),
+            pacer: Pacer::new(config.max_rate, now),
             rng: config.seed ^ 0x9e37_79b9_7f4a_7c15,
             config,
             start: now,
@@ -202,7 +225,7 @@ impl Session {
             }
             MessageType::Acknowledge => {
                 self.paused_since = None;
-                if let Ok(ack) = serde_json::from_slice::<Acknowledge>(&frame.payload) {
+                if let Ok(ack) = super::json::from_slice::<Acknowledge>(&frame.payload) {
                     self.outbox
                         .on_ack(now, ack.acknowledged_message_sequence_number);
                     self.reopen_if_acked(now);
@@ -210,10 +233,14 @@ impl Session {
             }
             MessageType::ChannelClosed => {
                 let closed: ChannelClosed =
-                    serde_json::from_slice(&frame.payload).unwrap_or_default();
+                    super::json::from_slice(&frame.payload).unwrap_or_default();
                 self.close(closed.output);
             }
             MessageType::PausePublication => {
+                if self.paused_since.is_none() {
+                    self.pacer.on_pause(now);
+                    tracing::debug!(rate = ?self.pacer.learned(), "pause_publication: upload rate lowered");
+                }
                 self.paused_since.get_or_insert(now);
             }
             MessageType::StartPublication => self.paused_since = None,
@@ -261,11 +288,30 @@ impl Session {
         )
     }
 
+    /// The ready deadline, if this session has one.
+    fn ready_deadline(&self) -> Option<Instant> {
+        (self.establishing() && !self.config.no_handshake)
+            .then(|| self.start + self.config.ready_timeout)
+    }
+
+    /// When a `no_handshake` session that heard nothing starts taking input.
+    fn grace_deadline(&self) -> Option<Instant> {
+        (self.config.no_handshake && self.state == State::Opening)
+            .then(|| self.start + self.config.no_handshake_grace)
+    }
+
+    /// Whether the caller should read more websocket messages now. False while the local side
+    /// has `output_limit` bytes or more to take (backpressure), or a refused message waits.
+    pub fn wants_frames(&self) -> bool {
+        self.held.is_none()
+            && self.output_bytes + self.inbox.buffered_bytes() < self.config.output_limit
+    }
+
     /// Whether the held message can be taken now.
     fn can_take_held(&self) -> bool {
         self.held.is_some()
             && match self.gate.take(false) {
-                Take::Deliver => self.output_bytes < self.config.output_limit,
+                Take::Deliver => self.output_bytes < self.config.output_hard_limit,
                 Take::Refuse => false,
                 Take::Drop => true,
             }
@@ -277,7 +323,7 @@ impl Session {
             ptype::HANDSHAKE_REQUEST => self.on_handshake_request(now, frame),
             ptype::HANDSHAKE_COMPLETE => {
                 let done: HandshakeComplete =
-                    serde_json::from_slice(&frame.payload).unwrap_or_default();
+                    super::json::from_slice(&frame.payload).unwrap_or_default();
                 if !done.customer_message.is_empty() {
                     self.events.push_back(Event::Notice(done.customer_message));
                 }
@@ -319,7 +365,7 @@ impl Session {
                     Take::Drop => return true,
                     Take::Deliver => {}
                 }
-                if !must_take && self.output_bytes >= self.config.output_limit {
+                if !must_take && self.output_bytes >= self.config.output_hard_limit {
                     return false;
                 }
                 if !frame.payload.is_empty() && self.state != State::Closed {
@@ -348,15 +394,14 @@ impl Session {
         if self.state != State::Opening {
             return;
         }
-        let req: HandshakeRequest = serde_json::from_slice(&frame.payload).unwrap_or_default();
+        let req: HandshakeRequest = super::json::from_slice(&frame.payload).unwrap_or_default();
         let kms = req
             .requested_client_actions
             .iter()
             .find(|a| a.action_type == "KMSEncryption");
         if let Some(kms) = kms {
             let param = |k: &str| {
-                kms.action_parameters
-                    .get(k)
+                super::json::get(&kms.action_parameters, k)
                     .and_then(serde_json::Value::as_str)
                     .map(str::to_owned)
             };
@@ -401,7 +446,8 @@ impl Session {
             Err(e) => return self.fail(e.to_string()),
         }
         let challenge = req.requested_client_actions.iter().any(|a| {
-            a.action_type == "KMSEncryption" && a.action_parameters.get("Challenge").is_some()
+            a.action_type == "KMSEncryption"
+                && super::json::get(&a.action_parameters, "Challenge").is_some()
         });
         let mut result = serde_json::json!({
             "KMSCipherTextKey": BASE64.encode(ciphertext),
@@ -416,9 +462,8 @@ impl Session {
     /// §6: the agent sends 64 random bytes encrypted with its key; we prove we hold the data key
     /// by sending them back encrypted with ours.
     fn on_challenge(&mut self, now: Instant, frame: &Frame) {
-        let body: serde_json::Value = serde_json::from_slice(&frame.payload).unwrap_or_default();
-        let sealed = body
-            .get("Challenge")
+        let body: serde_json::Value = super::json::from_slice(&frame.payload).unwrap_or_default();
+        let sealed = super::json::get(&body, "Challenge")
             .and_then(serde_json::Value::as_str)
             .and_then(|c| BASE64.decode(c).ok());
         let answer = match (&mut self.cipher, sealed) {
@@ -469,8 +514,10 @@ impl Session {
     /// Queues local bytes as input messages of at most `max_payload` bytes. The caller checks
     /// [`Session::can_accept_input`] first; input given anyway is still sent, never dropped.
     pub fn handle_input(&mut self, now: Instant, mut data: Bytes) {
+        self.pacer.tick(now);
         while !data.is_empty() {
             let chunk = data.split_to(data.len().min(self.config.max_payload));
+            self.pacer.on_sent(chunk.len());
             self.send_stream(now, ptype::OUTPUT, chunk);
         }
     }
@@ -523,13 +570,20 @@ impl Session {
 
     /// Runs the timers: retransmissions, the ready deadline and the pause watchdog.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.pacer.tick(now);
         if self.can_take_held()
             && let Some(frame) = self.held.take()
         {
             self.on_stream_message(now, frame);
         }
-        self.outbox.resend_due(now, &mut self.transmit);
-        if self.establishing() && now >= self.start + self.config.ready_timeout {
+        if self.paused_since.is_none() {
+            self.outbox.resend_due(now, &mut self.transmit);
+        }
+        if self.grace_deadline().is_some_and(|t| now >= t) {
+            // §5.1: no HandshakeRequest came, so none will: a shell-type session without one.
+            self.become_ready(SessionKind::Shell, String::new());
+        }
+        if self.ready_deadline().is_some_and(|t| now >= t) {
             self.fail(format!(
                 "the agent did not complete the handshake within {} s",
                 self.config.ready_timeout.as_secs()
@@ -592,24 +646,39 @@ impl Session {
 
     /// When [`Session::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let ready = self
-            .establishing()
-            .then(|| self.start + self.config.ready_timeout);
         let pause = self.paused_since.map(|t| t + self.config.pause_watchdog);
         // Already due: the session started before any now the caller can pass.
         let held = self.can_take_held().then_some(self.start);
-        [self.outbox.next_deadline(), ready, pause, held]
-            .into_iter()
-            .flatten()
-            .min()
+        // Nothing is resent while the service has paused publication.
+        let resend = self
+            .paused_since
+            .is_none()
+            .then(|| self.outbox.next_deadline())
+            .flatten();
+        let pacing = matches!(self.state, State::Ready(_))
+            .then(|| self.pacer.next_ready())
+            .flatten();
+        [
+            resend,
+            self.ready_deadline(),
+            self.grace_deadline(),
+            pause,
+            held,
+            pacing,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Whether new input may be queued now: ready, not paused, window not full (§7).
+    /// Whether new input may be queued now: ready, not paused, window not full (§7), under the
+    /// upload rate.
     pub fn can_accept_input(&self) -> bool {
         matches!(self.state, State::Ready(_))
             && self.paused_since.is_none()
             && self.outbox.unacked_bytes() < self.config.send_window
             && self.gate != Gate::Reopen
+            && self.pacer.ready()
     }
 
     /// Whether all input sent so far has been acknowledged.
@@ -644,7 +713,7 @@ impl Session {
 
     /// Current RTO.
     pub fn rto(&self) -> Duration {
-        self.outbox.rtt().rto()
+        self.outbox.rto()
     }
 
     fn send_stream(&mut self, now: Instant, payload_type: u32, payload: Bytes) {

@@ -20,8 +20,16 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use crate::proto::crypto::{Cipher, Side};
 use crate::proto::frame::{Frame, MessageType, flag, flags, ptype};
 use crate::proto::payload::{Acknowledge, HandshakeResponse, Size, status};
-use crate::proto::rto::RttEstimator;
-use crate::proto::session::splitmix;
+
+/// The agent's resend scheduler wakes this often and resends at most the oldest unacked
+/// message (`ResendSleepInterval`, datachannel.go, §16.3).
+pub const RESEND_TICK: Duration = Duration::from_millis(100);
+/// Unacked messages the agent stores; later ones are sent once and never resent
+/// (`OutgoingMessageBufferCapacity`, §16.3).
+pub const OUTGOING_CAPACITY: usize = 100_000;
+/// Client bytes the destination may have unwritten before the agent's synchronous write blocks
+/// (standing in for the kernel's socket buffers): then it neither reads nor acks (§16.3).
+pub const WRITE_BLOCKS_AT: usize = 256 * 1024;
 
 /// The agent's 15 s wait for a HandshakeResponse (§5.6).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -37,11 +45,17 @@ pub struct AgentConfig {
     pub properties: Value,
     /// Bytes per output message (the agent reads 1024 at a time).
     pub chunk: usize,
-    /// Unacked messages after which the agent stops reading its destination. The real agent has
-    /// no such window (it is paced by 1 ms sleeps and the service instead), but an unpaced
-    /// simulator needs one to keep its memory bounded.
+    /// The fast agent of benchmarks instead of the faithful one: a window of `window` unacked
+    /// messages, every expired message resent on its own timer, and a full destination leaves
+    /// client data unacked. The faithful agent (default) behaves like amazon-ssm-agent (§16.3):
+    /// no window, the oldest unacked message resent once per [`RESEND_TICK`], at most
+    /// [`OUTGOING_CAPACITY`] stored, and a blocked destination write blocks its reading
+    /// ([`Agent::can_take_frames`]).
+    pub fast: bool,
+    /// Fast agent only: unacked messages after which it stops reading its destination.
     pub window: usize,
-    /// Client bytes queued towards the destination after which client data is left unacked.
+    /// Client bytes queued towards the destination after which client data is left unacked
+    /// (fast agent) or the agent stops reading (faithful agent).
     pub target_backlog_limit: usize,
     /// Seed for message ids.
     pub seed: u64,
@@ -59,8 +73,9 @@ impl Default for AgentConfig {
             version: "3.3.1957.0".into(),
             properties: json!({"portNumber": "22"}),
             chunk: 1024,
+            fast: false,
             window: 1024,
-            target_backlog_limit: 1024 * 1024,
+            target_backlog_limit: WRITE_BLOCKS_AT,
             seed: 1,
             plugin: Plugin::Port,
             kms_key: None,
@@ -174,7 +189,9 @@ pub struct Agent {
     start: Instant,
     next_seq: i64,
     sent: VecDeque<Sent>,
-    rtt: RttEstimator,
+    rtt: AgentRtt,
+    /// The next wake-up of the faithful agent's resend scheduler.
+    next_tick: Instant,
     expected: i64,
     held: BTreeMap<i64, Frame>,
     target_up: bool,
@@ -192,6 +209,10 @@ pub struct Agent {
     mode: PortMode,
     /// Basic mode: the destination was closed by DisconnectToPort; dial again on new data.
     redial: bool,
+    /// Basic mode: a re-dial is under way (the real one dials inside its read loop).
+    redialing: bool,
+    /// Messages resent.
+    resent: u64,
     transmit: VecDeque<Bytes>,
     events: VecDeque<AgentEvent>,
     rng: u64,
@@ -210,7 +231,8 @@ impl Agent {
             start: now,
             next_seq: 0,
             sent: VecDeque::new(),
-            rtt: RttEstimator::default(),
+            rtt: AgentRtt::default(),
+            next_tick: now + RESEND_TICK,
             expected: 0,
             held: BTreeMap::new(),
             target_up: false,
@@ -223,6 +245,8 @@ impl Agent {
             challenge_secret: Vec::new(),
             mode: PortMode::Stream,
             redial: false,
+            redialing: false,
+            resent: 0,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             text_tail: [Vec::new(), Vec::new()],
@@ -252,7 +276,7 @@ impl Agent {
         })];
         if let Some(key) = &self.config.kms_key {
             let challenge: Vec<u8> = (0..2)
-                .flat_map(|_| splitmix(&mut self.rng).to_le_bytes())
+                .flat_map(|_| next_random(&mut self.rng).to_le_bytes())
                 .collect();
             self.kms_challenge = BASE64.encode(challenge);
             actions.push(json!({
@@ -397,6 +421,7 @@ impl Agent {
                 if self.redial {
                     // Basic mode re-dials on the first data after a DisconnectToPort (§3.6).
                     self.redial = false;
+                    self.redialing = true;
                     self.events.push_back(AgentEvent::Dial);
                 }
                 let full = self.target_backlog >= self.config.target_backlog_limit;
@@ -456,12 +481,15 @@ impl Agent {
             return;
         };
         if let Some(s) = self.sent.remove(pos)
-            && !s.resent
+            && (!s.resent || !self.config.fast)
         {
+            // The real agent samples every ack against LastSentTime, resent or not.
             self.rtt
                 .on_sample(now.saturating_duration_since(s.last_sent));
         }
-        self.resend_head(now);
+        if self.config.fast {
+            self.resend_head(now);
+        }
         if let Phase::Draining(_) = self.phase
             && self.sent.is_empty()
         {
@@ -503,6 +531,7 @@ impl Agent {
     /// The destination connection is established.
     pub fn handle_target_connected(&mut self) {
         self.target_up = true;
+        self.redialing = false;
         for data in std::mem::take(&mut self.before_dial) {
             self.target_backlog += data.len();
             self.events.push_back(AgentEvent::ToTarget(data));
@@ -603,14 +632,37 @@ impl Agent {
         }
     }
 
-    /// Whether the wrapper may read more from the destination now.
+    /// Whether the wrapper may read more from the destination now. The faithful agent reads
+    /// whatever the acks; a pause only keeps what it reads from being sent.
     pub fn can_read_target(&self) -> bool {
-        self.phase == Phase::Running && !self.paused && self.sent.len() < self.config.window
+        match self.config.fast {
+            true => {
+                self.phase == Phase::Running && !self.paused && self.sent.len() < self.config.window
+            }
+            false => self.phase == Phase::Running,
+        }
+    }
+
+    /// Whether the wrapper may hand the agent client frames now. The faithful agent's read loop
+    /// stops while its destination write blocks or while it re-dials (basic mode).
+    pub fn can_take_frames(&self) -> bool {
+        self.config.fast
+            || (self.target_backlog < self.config.target_backlog_limit
+                && !(self.mode == PortMode::Basic && self.redialing))
     }
 
     /// Timers: head retransmission, handshake timeout, drain timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.resend_head(now);
+        match self.config.fast {
+            true => self.resend_head(now),
+            false if now >= self.next_tick => {
+                while self.next_tick <= now {
+                    self.next_tick += RESEND_TICK;
+                }
+                self.resend_oldest(now);
+            }
+            false => {}
+        }
         match self.phase {
             Phase::AwaitKey(deadline) | Phase::AwaitChallenge(deadline) if now >= deadline => {
                 self.finish("Timed out waiting for encryption challenge.")
@@ -626,11 +678,14 @@ impl Agent {
 
     /// When to call [`Agent::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let head = self
-            .sent
-            .front()
-            .filter(|_| !self.paused)
-            .map(|s| s.last_sent + self.rtt.rto());
+        let head = match self.config.fast {
+            true => self
+                .sent
+                .front()
+                .filter(|_| !self.paused)
+                .map(|s| s.last_sent + self.rtt.rto()),
+            false => (!self.sent.is_empty()).then_some(self.next_tick),
+        };
         let phase = match self.phase {
             Phase::AwaitResponse(t)
             | Phase::AwaitKey(t)
@@ -661,9 +716,13 @@ impl Agent {
         &self.client_version
     }
 
-    /// The client's websocket came back: resend the head at once.
+    /// The client's websocket came back: the fast agent resends the head at once; the
+    /// faithful one waits for its next tick, as the real scheduler does.
     pub fn handle_client_reconnect(&mut self, now: Instant) {
         self.paused = false;
+        if !self.config.fast {
+            return;
+        }
         if let Some(head) = self.sent.front_mut() {
             head.last_sent = now - self.rtt.rto();
         }
@@ -683,6 +742,28 @@ impl Agent {
             head.resent = true;
             self.transmit.push_back(head.frame.clone());
         }
+    }
+
+    /// The faithful scheduler: the oldest unacked message, if its RTO has passed since it was
+    /// last sent (strictly, as `time.Since(LastSentTime) > RetransmissionTimeout`).
+    fn resend_oldest(&mut self, now: Instant) {
+        if self.paused {
+            return;
+        }
+        let rto = self.rtt.rto();
+        if let Some(head) = self.sent.front_mut()
+            && now.saturating_duration_since(head.last_sent) > rto
+        {
+            head.last_sent = now;
+            head.resent = true;
+            self.resent += 1;
+            self.transmit.push_back(head.frame.clone());
+        }
+    }
+
+    /// Messages the agent resent.
+    pub fn retransmissions(&self) -> u64 {
+        self.resent
     }
 
     fn finish(&mut self, output: &str) {
@@ -715,7 +796,7 @@ impl Agent {
             }
         };
         let secret: Vec<u8> = (0..8)
-            .flat_map(|_| splitmix(&mut self.rng).to_le_bytes())
+            .flat_map(|_| next_random(&mut self.rng).to_le_bytes())
             .collect();
         let mut cipher = cipher;
         let sealed = match self.config.bad_challenge {
@@ -786,6 +867,10 @@ impl Agent {
         if !self.paused {
             self.transmit.push_back(frame.clone());
         }
+        if !self.config.fast && self.sent.len() >= OUTGOING_CAPACITY {
+            // datachannel.go: a full buffer silently does not store it.
+            return;
+        }
         self.sent.push_back(Sent {
             seq,
             frame,
@@ -837,7 +922,8 @@ impl Agent {
             (_, 0) => flags::SYN,
             _ => 0,
         };
-        let id = (u128::from(splitmix(&mut self.rng)) << 64) | u128::from(splitmix(&mut self.rng));
+        let id =
+            (u128::from(next_random(&mut self.rng)) << 64) | u128::from(next_random(&mut self.rng));
         Frame {
             message_type: kind,
             schema_version: 1,
@@ -850,6 +936,50 @@ impl Agent {
             payload,
         }
         .encode()
+    }
+}
+
+/// The agent's own random numbers (xorshift64*), separate from the client's generator.
+fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state | 1;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// The agent's RTT estimate (datachannel.go `calculateRetransmissionTimeout`): RTT 100 ms and
+/// RTO 200 ms to start, every sample blended in at 1/8 (no first-sample shortcut, no Karn rule
+/// in the faithful agent), RTO = RTT + max(10 ms, 4·RTTVAR), at most 1 s.
+#[derive(Debug, Clone)]
+struct AgentRtt {
+    rtt: f64,
+    rttvar: f64,
+    rto: Duration,
+}
+
+impl Default for AgentRtt {
+    fn default() -> Self {
+        Self {
+            rtt: 0.1,
+            rttvar: 0.0,
+            rto: Duration::from_millis(200),
+        }
+    }
+}
+
+impl AgentRtt {
+    fn rto(&self) -> Duration {
+        self.rto
+    }
+
+    fn on_sample(&mut self, sample: Duration) {
+        let sample = sample.as_secs_f64();
+        self.rttvar = 0.75 * self.rttvar + 0.25 * (self.rtt - sample).abs();
+        self.rtt = 0.875 * self.rtt + 0.125 * sample;
+        let rto = self.rtt + (4.0 * self.rttvar).max(0.010);
+        self.rto = Duration::from_secs_f64(rto.min(1.0));
     }
 }
 

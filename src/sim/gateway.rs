@@ -4,7 +4,7 @@
 //! injecting the configured faults on the way (§12.5).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::agent::{Agent, AgentConfig, AgentEvent, Plugin, PortMode};
 use super::faults::{DropPlan, Faults};
+use super::limit::{RateLimit, Verdict};
 use super::service::Service;
 use super::shell::{Shell, ShellEvent, ShellSpec};
 use super::target::{TargetEvent, Targets};
@@ -135,6 +136,9 @@ pub fn spawn_session(plan: SessionPlan, service: Arc<Service>) -> mpsc::Unbounde
     tx
 }
 
+/// Frames kept for a client that is away (realagent's relay queue holds 2048 per direction).
+const WAITING_FRAMES: usize = 4096;
+
 /// Client messages already readable that one turn takes after the first.
 const READ_BATCH: usize = 256;
 
@@ -155,6 +159,7 @@ async fn run_session(
         plugin: plan.plugin,
         kms_key: cfg.kms_key.clone(),
         bad_challenge: cfg.kms_bad_challenge,
+        fast: cfg.fast_agent,
         ..Default::default()
     };
     let mut agent = Agent::new(agent_cfg, start.into_std());
@@ -186,6 +191,8 @@ async fn run_session(
     let mut finished: Option<String> = None;
     // Client data resets the idle timeout; websocket pings do not (§16.4).
     let mut last_activity = start;
+    let mut limit = cfg.max_msg_rate.map(|n| RateLimit::new(n, start));
+    let mut odd = 0u32;
 
     loop {
         let now = Instant::now();
@@ -247,6 +254,11 @@ async fn run_session(
             }
         }
         while let Some(frame) = agent.poll_transmit() {
+            odd += 1;
+            let frame = match cfg.odd_headers && odd.is_multiple_of(5) {
+                true => widen_header(&frame),
+                false => frame,
+            };
             for (delay, msg) in down.apply(frame) {
                 if delay.is_zero() {
                     link.relay(&mut client, msg).await;
@@ -286,6 +298,7 @@ async fn run_session(
             cfg.idle_timeout.map(|t| last_activity + t),
             pause.0,
             pause.1,
+            limit.as_ref().and_then(RateLimit::resume_at),
         ]
         .into_iter()
         .flatten()
@@ -296,6 +309,7 @@ async fn run_session(
                 Some(Attach::Client(ws)) => {
                     client = Some(ws);
                     link.attached(now, !opened_once && cfg.drops.in_handshake);
+                    link.deliver_waiting(&mut client).await;
                     if opened_once {
                         agent.handle_client_reconnect(now.into_std());
                     } else {
@@ -311,7 +325,8 @@ async fn run_session(
                     finished = Some(String::new());
                 }
             },
-            msg = next_message(&mut client), if !link.blackholed => {
+            // The faithful agent's read loop stops while its destination write blocks.
+            msg = next_message(&mut client), if !link.blackholed && agent.can_take_frames() => {
                 // What is already readable goes in the same turn, so its acks leave in one flush.
                 let mut next = Some(msg);
                 for _ in 0..=READ_BATCH {
@@ -320,6 +335,22 @@ async fn run_session(
                         Some(Ok(Message::Binary(b))) => {
                             link.bytes += b.len() as u64;
                             last_activity = now;
+                            let data = b.get(4..21) == Some(&b"input_stream_data"[..]);
+                            match limit.as_mut().map(|l| l.on_message(now, data)) {
+                                Some(Verdict::Pause) => {
+                                    tracing::info!("sim: client above --max-msg-rate; pause_publication");
+                                    service.pauses.fetch_add(1, Ordering::Relaxed);
+                                    link.relay(&mut client, publication(MessageType::PausePublication)).await;
+                                }
+                                Some(Verdict::Close) => {
+                                    tracing::info!("sim: client kept sending while paused; closing");
+                                    if let Some(mut ws) = client.take() {
+                                        let _ = WebSocketStream::close(&mut *ws, None).await;
+                                    }
+                                    break;
+                                }
+                                _ => {}
+                            }
                             deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, b);
                         }
                         Some(Ok(Message::Text(t))) => deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, Bytes::from(t)),
@@ -360,6 +391,10 @@ async fn run_session(
             _ = tokio::time::sleep_until(deadline) => {
                 let now = Instant::now();
                 agent.handle_timeout(now.into_std());
+                if let Some(l) = limit.as_mut().filter(|l| l.resume_at().is_some_and(|t| t <= now)) {
+                    l.resumed(now);
+                    link.relay(&mut client, publication(MessageType::StartPublication)).await;
+                }
                 if pause.0.is_some_and(|t| t <= now) {
                     link.relay(&mut client, publication(MessageType::PausePublication)).await;
                     service.pauses.fetch_add(1, Ordering::Relaxed);
@@ -406,6 +441,8 @@ struct LinkState {
     kills: u32,
     kill_in_handshake: bool,
     blackholed: bool,
+    /// Frames for a client that is away.
+    waiting: VecDeque<Bytes>,
 }
 
 impl Default for LinkState {
@@ -416,12 +453,16 @@ impl Default for LinkState {
             kills: 0,
             kill_in_handshake: false,
             blackholed: false,
+            waiting: VecDeque::new(),
         }
     }
 }
 
 impl LinkState {
     fn attached(&mut self, now: Instant, kill_in_handshake: bool) {
+        if self.blackholed {
+            self.waiting.clear();
+        }
         self.opened = now;
         self.bytes = 0;
         self.blackholed = false;
@@ -445,10 +486,27 @@ impl LinkState {
             return;
         }
         self.bytes += msg.len() as u64;
-        if let Some(ws) = client.as_mut()
-            && ws.feed(Message::binary(msg)).await.is_err()
+        match client.as_mut() {
+            #[allow(clippy::collapsible_match)]
+            Some(ws) => {
+                if ws.feed(Message::binary(msg)).await.is_err() {
+                    *client = None;
+                }
+            }
+            // The service keeps the agent's frames while the client is away and delivers them
+            // on its next connection (as realagent's relay does); the faithful agent would
+            // otherwise resend them one per 100 ms.
+            None if self.waiting.len() < WAITING_FRAMES => self.waiting.push_back(msg),
+            None => {}
+        }
+    }
+
+    /// Delivers the frames kept while the client was away.
+    async fn deliver_waiting(&mut self, client: &mut Option<Box<Ws>>) {
+        while client.is_some()
+            && let Some(msg) = self.waiting.pop_front()
         {
-            *client = None;
+            self.relay(client, msg).await;
         }
     }
 
@@ -504,6 +562,21 @@ async fn next_message(
         Some(ws) => ws.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// The same frame with a HeaderLength of 124 (8 bytes of padding before PayloadLength): the
+/// official parsers take the payload from HL + 4, so clients must too (§16.3).
+fn widen_header(frame: &Bytes) -> Bytes {
+    const HL: usize = crate::proto::frame::HEADER_LEN as usize;
+    if frame.len() < HL + 4 || frame.get(..4) != Some(&(HL as u32).to_be_bytes()[..]) {
+        return frame.clone();
+    }
+    let mut b = BytesMut::with_capacity(frame.len() + 8);
+    b.put_u32(HL as u32 + 8);
+    b.put_slice(&frame[4..HL]);
+    b.put_bytes(0, 8);
+    b.put_slice(&frame[HL..]);
+    b.freeze()
 }
 
 /// A service `pause_publication` / `start_publication` (no payload, not sequenced, §7).

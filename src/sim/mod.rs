@@ -12,6 +12,7 @@ pub mod faults;
 pub mod fleet;
 pub mod gateway;
 pub mod kms;
+pub mod limit;
 pub mod pair;
 pub mod service;
 pub mod shell;
@@ -47,6 +48,15 @@ pub struct SimConfig {
     pub pauses: PausePlan,
     /// Pace the agent like the real one: 1 ms sleep per 1 KiB read (§11).
     pub paced: bool,
+    /// The fast agent of benchmarks (a send window, per-message timers) instead of the
+    /// faithful one (see `agent::AgentConfig::fast`).
+    pub fast_agent: bool,
+    /// Per-session client messages per second above which the gateway pauses publication, and
+    /// closes the websocket if the client keeps sending (off when None).
+    pub max_msg_rate: Option<u32>,
+    /// Send some frames to the client with longer headers (HeaderLength 124, payload at HL + 4),
+    /// which the official parsers accept.
+    pub odd_headers: bool,
     /// AgentVersion announced in the handshake.
     pub agent_version: String,
     /// Seed for ids and faults.
@@ -92,6 +102,9 @@ impl Default for SimConfig {
             drops: DropPlan::default(),
             pauses: PausePlan::default(),
             paced: false,
+            fast_agent: false,
+            max_msg_rate: None,
+            odd_headers: false,
             agent_version: "3.3.1957.0".into(),
             seed: 1,
             fleet: fleet::default_fleet(),

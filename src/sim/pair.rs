@@ -13,6 +13,9 @@ use super::faults::{FaultPlan, Faults};
 use crate::proto::session::splitmix;
 use crate::proto::{Event, Session, SessionConfig};
 
+/// Messages the link holds towards the client before the agent's writes block.
+const LINK_BUFFER: usize = 256;
+
 /// A message in flight: (arrival time, tie-breaker, bytes).
 type InFlight = Reverse<(Instant, u64, Bytes)>;
 
@@ -41,6 +44,11 @@ pub struct PairConfig {
     pub time_limit: Duration,
     /// Encrypt the session with KMS (§6); the pair plays KMS itself.
     pub kms: bool,
+    /// Use the fast agent of benchmarks instead of the faithful one (see `AgentConfig::fast`).
+    pub fast_agent: bool,
+    /// Feed the client frames even when it does not want them, and refuse past 1 MiB: the
+    /// client before backpressure, for comparisons.
+    pub ignore_backpressure: bool,
 }
 
 impl Default for PairConfig {
@@ -57,6 +65,8 @@ impl Default for PairConfig {
             target_bytes_per_ms: None,
             time_limit: Duration::from_secs(600),
             kms: false,
+            fast_agent: false,
+            ignore_backpressure: false,
         }
     }
 }
@@ -72,6 +82,8 @@ pub struct PairReport {
     pub elapsed: Duration,
     /// Client retransmissions.
     pub client_retransmissions: u64,
+    /// Agent retransmissions.
+    pub agent_retransmissions: u64,
     /// Link cuts survived.
     pub reconnects: u32,
     /// Frames the client rejected (bad digest).
@@ -97,15 +109,20 @@ pub fn stream_bytes(seed: u64, len: usize) -> Vec<u8> {
 pub fn run(cfg: &PairConfig) -> PairReport {
     let t0 = Instant::now();
     let mut now = t0;
-    let session_cfg = SessionConfig {
+    let mut session_cfg = SessionConfig {
         seed: cfg.seed,
         ready_timeout: cfg.time_limit,
         ..Default::default()
     };
+    if cfg.ignore_backpressure {
+        session_cfg.output_hard_limit = session_cfg.output_limit;
+    }
+    let takes = |client: &Session| cfg.ignore_backpressure || client.wants_frames();
     let mut client = Session::new(session_cfg, now);
     let agent_cfg = AgentConfig {
         seed: cfg.seed.wrapping_add(7),
         kms_key: cfg.kms.then(|| "alias/pair".to_owned()),
+        fast: cfg.fast_agent,
         ..Default::default()
     };
     let mut agent = Agent::new(agent_cfg, now);
@@ -126,6 +143,9 @@ pub fn run(cfg: &PairConfig) -> PairReport {
     let mut drain_credit = 0usize;
     let mut target_unwritten = 0usize;
     let latency = Duration::from_micros(500);
+    // The faithful agent reads 1 KiB per millisecond whatever the acks (§16.3).
+    let mut next_read = t0;
+    let read_due = |now: Instant, next_read: Instant| cfg.fast_agent || now >= next_read;
 
     for _ in 0..50_000_000u64 {
         // Client side.
@@ -149,7 +169,8 @@ pub fn run(cfg: &PairConfig) -> PairReport {
             Some(_) => drain_credit,
             None => usize::MAX,
         };
-        if let Some(out) = (budget > 0)
+        // poll_output hands out at least one whole message: wait for credit for one.
+        if let Some(out) = (budget >= 1024)
             .then(|| client.poll_output(budget.min(64 * 1024)))
             .flatten()
         {
@@ -187,17 +208,27 @@ pub fn run(cfg: &PairConfig) -> PairReport {
                 | AgentEvent::ToService(_) => {}
             }
         }
-        if target_up && down_pos < download.len() && agent.can_read_target() {
+        // The agent's websocket writes block once the socket buffers towards the client are full
+        // (about 256 messages): then it neither reads its destination nor resends (§16.3).
+        let link_full = to_client.len() >= LINK_BUFFER;
+        if target_up
+            && !link_full
+            && down_pos < download.len()
+            && agent.can_read_target()
+            && read_due(now, next_read)
+        {
             let n = (download.len() - down_pos).min(1024);
             agent.handle_target_data(now, download.slice(down_pos..down_pos + n));
             down_pos += n;
+            next_read = now + Duration::from_millis(1);
         }
         while let Some(f) = agent.poll_transmit() {
-            if link_up_at.is_none() {
-                for (d, m) in down.apply(f) {
-                    tie += 1;
-                    to_client.push(Reverse((now + latency + d, tie, m)));
-                }
+            // While the client is away the service queues the agent's frames (as MGS and
+            // realagent's relay do) and delivers them on the next connection.
+            let at = link_up_at.unwrap_or(now);
+            for (d, m) in down.apply(f) {
+                tie += 1;
+                to_client.push(Reverse((at + latency + d, tie, m)));
             }
         }
         let done = report.received_by_target.len() == upload.len()
@@ -207,15 +238,26 @@ pub fn run(cfg: &PairConfig) -> PairReport {
             break;
         }
         // Advance to the next thing that happens.
+        let reading = target_up
+            && to_client.len() < LINK_BUFFER
+            && down_pos < download.len()
+            && agent.can_read_target();
         let work_now =
             (ready && up_pos < upload.len() && client.can_accept_input() && link_up_at.is_none())
-                || (target_up && down_pos < download.len() && agent.can_read_target())
+                || (reading && read_due(now, next_read))
                 || (client.pending_output() > 0 && cfg.reader_bytes_per_ms.is_none());
+        // A side that does not take frames leaves them queued on the link (backpressure).
         let mut next = [
-            to_agent.peek().map(|r| r.0.0),
-            to_client.peek().map(|r| r.0.0),
+            to_agent
+                .peek()
+                .filter(|_| agent.can_take_frames())
+                .map(|r| r.0.0),
+            to_client.peek().filter(|_| takes(&client)).map(|r| r.0.0),
+            reading.then_some(next_read),
             client.poll_timeout(),
-            agent.poll_timeout(),
+            agent
+                .poll_timeout()
+                .filter(|_| to_client.len() < LINK_BUFFER),
             link_up_at,
             next_cut,
             cfg.reader_bytes_per_ms
@@ -242,6 +284,7 @@ pub fn run(cfg: &PairConfig) -> PairReport {
         }
         now = next;
         if next_cut.is_some_and(|t| now >= t) {
+            // What was in flight on the old connection is lost.
             to_agent.clear();
             to_client.clear();
             link_up_at = Some(now + cfg.outage);
@@ -253,12 +296,12 @@ pub fn run(cfg: &PairConfig) -> PairReport {
             client.handle_reconnect(now);
             agent.handle_client_reconnect(now);
         }
-        while to_agent.peek().is_some_and(|r| r.0.0 <= now) {
+        while agent.can_take_frames() && to_agent.peek().is_some_and(|r| r.0.0 <= now) {
             if let Some(Reverse((_, _, m))) = to_agent.pop() {
                 agent.handle_frame(now, &m);
             }
         }
-        while to_client.peek().is_some_and(|r| r.0.0 <= now) {
+        while takes(&client) && to_client.peek().is_some_and(|r| r.0.0 <= now) {
             if let Some(Reverse((_, _, m))) = to_client.pop() {
                 client.handle_frame(now, m);
             }
@@ -266,12 +309,13 @@ pub fn run(cfg: &PairConfig) -> PairReport {
         if client.poll_timeout().is_some_and(|t| t <= now) {
             client.handle_timeout(now);
         }
-        if agent.poll_timeout().is_some_and(|t| t <= now) {
+        if to_client.len() < LINK_BUFFER && agent.poll_timeout().is_some_and(|t| t <= now) {
             agent.handle_timeout(now);
         }
     }
     report.elapsed = now - t0;
     report.client_retransmissions = client.retransmissions();
+    report.agent_retransmissions = agent.retransmissions();
     report.bad_frames = client.stats().bad_frames;
     report
 }
@@ -349,6 +393,39 @@ mod tests {
             down: bad,
             ..Default::default()
         });
+    }
+
+    /// Retransmissions per MiB downloaded into a slow reader from the faithful agent, with the
+    /// client refusing past 1 MiB (before) and with backpressure (after).
+    #[test]
+    fn slow_reader_retransmissions_per_mib() {
+        let mib = 4;
+        let run_with = |ignore_backpressure| {
+            let cfg = PairConfig {
+                upload: 1024,
+                download: mib << 20,
+                reader_bytes_per_ms: Some(32),
+                ignore_backpressure,
+                time_limit: Duration::from_secs(3600),
+                ..Default::default()
+            };
+            let r = run(&cfg);
+            let per_mib = (r.agent_retransmissions + r.client_retransmissions) as f64 / mib as f64;
+            eprintln!(
+                "ignore_backpressure={ignore_backpressure}: {} of {} B in {:?}, {per_mib:.1} retransmissions/MiB",
+                r.received_by_client.len(),
+                cfg.download,
+                r.elapsed
+            );
+            (r, per_mib)
+        };
+        // Both deliver; the numbers are for the record (the faithful agent resends its oldest
+        // message every tick while the slow reader has not acked it, whichever the client).
+        let (before, _) = run_with(true);
+        let (after, _) = run_with(false);
+        assert_eq!(before.received_by_client.len(), mib << 20);
+        assert_eq!(after.received_by_client.len(), mib << 20);
+        assert!(after.max_client_buffered <= SessionConfig::default().output_limit + 1024);
     }
 
     #[test]

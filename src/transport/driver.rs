@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::websocket::{self, Ws};
 use crate::aws::{Aws, AwsError, SessionGrant};
+use crate::proto::pacer::Rate;
 use crate::proto::payload::Size;
 use crate::proto::{Event, Session, SessionConfig, SessionKind};
 
@@ -47,10 +48,22 @@ pub struct DriverConfig {
     pub destination: String,
 }
 
+/// The `--max-rate` of this process, set once by `main` (every mode's driver honours it without
+/// each front-end threading it through).
+static MAX_RATE: std::sync::OnceLock<Rate> = std::sync::OnceLock::new();
+
+/// Sets the upload rate limit every [`DriverConfig::default`] starts with.
+pub fn set_max_rate(rate: Rate) {
+    let _ = MAX_RATE.set(rate);
+}
+
 impl Default for DriverConfig {
     fn default() -> Self {
         Self {
-            session: SessionConfig::default(),
+            session: SessionConfig {
+                max_rate: MAX_RATE.get().copied().unwrap_or_default(),
+                ..Default::default()
+            },
             resume_timeout: Duration::from_secs(300),
             ping_interval: Duration::from_secs(10),
             dead_after: Duration::from_secs(30),
@@ -380,15 +393,19 @@ impl Driver {
             .unwrap_or(now + Duration::from_secs(3600));
             let accept = input_open && self.session.can_accept_input();
             let has_output = !output_gone && self.session.pending_output() > 0;
+            // Backpressure: while the local side has a full buffer to take, the websocket is
+            // not read, so the service and the agent wait instead of our dropping data. A
+            // vanished reader takes nothing: keep reading for the agent's channel_closed.
+            let read = output_gone || self.session.wants_frames();
             let mut lost = false;
             tokio::select! {
-                msg = self.reader.next() => {
+                msg = self.reader.next(), if read => {
                     lost = self.on_message(msg);
                     // Take what is already readable too: its output then reaches the local
                     // side in one batch, and its acks go out together. Events (channel_closed
                     // above all) are acted on before anything after them is read.
                     for _ in 0..READ_BATCH {
-                        if lost || self.session.has_events() {
+                        if lost || self.session.has_events() || !self.session.wants_frames() {
                             break;
                         }
                         match self.reader.next().now_or_never() {
@@ -427,6 +444,10 @@ impl Driver {
                 },
                 _ = tokio::time::sleep_until(timer) => self.session.handle_timeout(Instant::now().into_std()),
                 _ = ping.tick() => {
+                    if !read {
+                        // Not reading is our choice, not the path's silence.
+                        self.last_heard = Instant::now();
+                    }
                     if self.last_heard.elapsed() > self.config.dead_after {
                         tracing::info!("no traffic from the service for {:?}; reconnecting", self.config.dead_after);
                         lost = true;
