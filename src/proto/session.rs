@@ -302,9 +302,10 @@ impl Session {
 
     /// Whether the caller should read more websocket messages now. False while the local side
     /// has `output_limit` bytes or more to take (backpressure), or a refused message waits.
+    /// Out-of-order data does not count: it waits for a lost message that only reading brings
+    /// (a full reorder buffer leaves later arrivals unacked instead, to be resent).
     pub fn wants_frames(&self) -> bool {
-        self.held.is_none()
-            && self.output_bytes + self.inbox.buffered_bytes() < self.config.output_limit
+        self.held.is_none() && self.output_bytes < self.config.output_limit
     }
 
     /// Whether the held message can be taken now.
