@@ -26,7 +26,7 @@ fn both_ways(plan: &str) -> SimConfig {
         up: plan.clone(),
         down: plan,
         seed: 7,
-        fast_agent: true,
+        fast_agent: false,
         ..Default::default()
     }
 }
@@ -34,7 +34,7 @@ fn both_ways(plan: &str) -> SimConfig {
 fn drops(spec: &str) -> SimConfig {
     SimConfig {
         drops: DropPlan::parse(spec).expect("drop plan"),
-        fast_agent: true,
+        fast_agent: false,
         ..Default::default()
     }
 }

@@ -272,6 +272,33 @@ fn pause_publication_holds_input_until_start_or_watchdog() {
 }
 
 #[test]
+fn channel_closed_with_a_gap_in_the_output_is_a_failure_not_a_quiet_end() {
+    let t0 = Instant::now();
+    let mut s = ready_session(t0);
+    s.handle_frame(t0, agent_frame(2, ptype::OUTPUT, "b"));
+    s.handle_frame(t0, agent_frame(4, ptype::OUTPUT, "d"));
+    s.handle_frame(t0, channel_closed("").encode());
+    assert_eq!(s.poll_output(1 << 16).as_deref(), Some(&b"b"[..]));
+    match events(&mut s).as_slice() {
+        [Event::Failed(why)] => assert!(why.contains("message 3 never arrived"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn channel_closed(output: &str) -> Frame {
+    Frame {
+        message_type: MessageType::ChannelClosed,
+        schema_version: 1,
+        created_date: 1,
+        sequence: 0,
+        flags: 0,
+        message_id: uuid::Uuid::nil(),
+        payload_type: 0,
+        payload: Bytes::from(format!(r#"{{"Output":"{output}"}}"#)),
+    }
+}
+
+#[test]
 fn corrupted_frames_are_dropped_without_ack_and_channel_closed_ends_it() {
     let t0 = Instant::now();
     let mut s = ready_session(t0);
@@ -280,17 +307,7 @@ fn corrupted_frames_are_dropped_without_ack_and_channel_closed_ends_it() {
     s.handle_frame(t0, Bytes::from(bad));
     assert!(sent(&mut s).is_empty());
     assert_eq!(s.stats().bad_frames, 1);
-    let closed = Frame {
-        message_type: MessageType::ChannelClosed,
-        schema_version: 1,
-        created_date: 1,
-        sequence: 0,
-        flags: 0,
-        message_id: uuid::Uuid::nil(),
-        payload_type: 0,
-        payload: Bytes::from(r#"{"Output":"Session terminated by admin"}"#),
-    };
-    s.handle_frame(t0, closed.encode());
+    s.handle_frame(t0, channel_closed("Session terminated by admin").encode());
     assert!(sent(&mut s).is_empty(), "channel_closed is never acked");
     assert_eq!(
         events(&mut s),

@@ -1,7 +1,8 @@
 //! Upload pacing (§16.4): a token bucket over input messages and bytes. Limits come from the
 //! user (`--max-rate`, for a known service limit) and from the service itself: a
-//! pause_publication says we sent too fast, so the rate we had in the last second is halved and
-//! then recovers by a quarter per quiet second, instead of being tripped again at once.
+//! pause_publication says we sent too fast, so the rate we had in the last second is halved (at
+//! most once a second, like TCP's one decrease per window: a burst of pauses is one signal) and
+//! then recovers by half per quiet second, instead of being tripped again at once.
 
 use std::time::{Duration, Instant};
 
@@ -49,9 +50,12 @@ impl Rate {
 }
 
 /// How much the service's own limit (learned from pause_publication) recovers per second.
-const RECOVERY: f64 = 1.25;
-/// The learned limit never goes below this many messages per second.
-const FLOOR: f64 = 50.0;
+const RECOVERY: f64 = 1.5;
+/// The learned limit never goes below this many messages per second (a fifth of the ~1000/s the
+/// service is reported to allow, §16.4).
+const FLOOR: f64 = 200.0;
+/// Least time between two decreases.
+const CUT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Token buckets for messages and bytes.
 #[derive(Debug)]
@@ -60,6 +64,8 @@ pub struct Pacer {
     /// Messages per second learned from pause_publication.
     learned: Option<f64>,
     learned_at: Instant,
+    /// When the learned limit was last lowered.
+    cut_at: Option<Instant>,
     msg_tokens: f64,
     byte_tokens: f64,
     last: Instant,
@@ -74,6 +80,7 @@ impl Pacer {
             fixed,
             learned: None,
             learned_at: now,
+            cut_at: None,
             msg_tokens: 1.0,
             byte_tokens: 0.0,
             last: now,
@@ -152,10 +159,18 @@ impl Pacer {
 
     /// The service paused publication: we were too fast for it. Halve the recent rate.
     pub fn on_pause(&mut self, now: Instant) {
+        // Any pause delays the recovery; only the first in a second lowers the limit.
+        self.learned_at = now;
+        if self
+            .cut_at
+            .is_some_and(|t| now.saturating_duration_since(t) < CUT_INTERVAL)
+        {
+            return;
+        }
+        self.cut_at = Some(now);
         let recent = self.window.1.max(self.window.2) as f64;
         let base = self.learned.map_or(recent, |l| l.min(recent.max(FLOOR)));
         self.learned = Some((base / 2.0).max(FLOOR));
-        self.learned_at = now;
         self.msg_tokens = self.msg_tokens.min(1.0);
     }
 
@@ -206,7 +221,10 @@ mod tests {
         }
         p.on_pause(t0);
         assert_eq!(p.learned(), Some(1000.0));
-        p.tick(t0 + Duration::from_secs(1));
-        assert_eq!(p.learned(), Some(1250.0));
+        // A burst of pauses is one signal.
+        p.on_pause(t0 + Duration::from_millis(100));
+        assert_eq!(p.learned(), Some(1000.0));
+        p.tick(t0 + Duration::from_millis(1100));
+        assert_eq!(p.learned(), Some(1500.0));
     }
 }

@@ -234,6 +234,15 @@ impl Session {
             MessageType::ChannelClosed => {
                 let closed: ChannelClosed =
                     super::json::from_slice(&frame.payload).unwrap_or_default();
+                if self.inbox.buffered_bytes() > 0 {
+                    // Output after a gap arrived, the gap never will: the agent stopped resending
+                    // (it drains for 2 s at most, §12.1). Say so rather than end quietly short.
+                    return self.fail(format!(
+                        "the session closed with output missing: message {} never arrived \
+                         (the agent gave up resending it)",
+                        self.inbox.expected()
+                    ));
+                }
                 self.close(closed.output);
             }
             MessageType::PausePublication => {
