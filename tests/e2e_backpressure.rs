@@ -16,7 +16,7 @@ use ssm_proxy::sim::{Sim, SimConfig};
 use crate::support::forward::Forwarder;
 use crate::support::{
     ChildGuard, Sha256, TARGET, TempDir, apply_env, proxy_bin, random_bytes, sha256, spawn_group,
-    wait_bounded, write_random_file,
+    wait_bounded, write_shell_safe_random_file,
 };
 
 /// Stall this long…
@@ -61,7 +61,7 @@ fn sim() -> Sim {
 fn stalled_reader_through_shell_cat_is_byte_exact() {
     let dir = TempDir::new("stall-shell");
     let file = dir.join("data.bin");
-    let want = write_random_file(&file, LEN as u64, 19);
+    let want = write_shell_safe_random_file(&file, LEN as u64, 19);
     let sim = sim();
     let mut cmd = Command::new(proxy_bin());
     apply_env(&mut cmd, &sim.env())

@@ -614,6 +614,7 @@ impl Agent {
         buf.extend_from_slice(data);
         let keep = incomplete_utf8_tail(&buf);
         self.text_tail[i] = buf.split_off(buf.len() - keep);
+        drop_replacement_char_tails(&mut buf);
         let mut rest = &buf[..];
         while !rest.is_empty() {
             let n = utf8_cut(rest, self.config.chunk.max(4));
@@ -1008,6 +1009,22 @@ fn utf8_cut(data: &[u8], max: usize) -> usize {
         .unwrap_or(max)
 }
 
+/// The real agent's shell output loses two bytes of every U+FFFD (EF BF BD) it reads: it takes
+/// the character for a decoding error (`utf8.RuneError`) and sends only its first byte, then
+/// skips all three (`processStdoutData`, agent/session/shell/shell.go, 3.3.1142). Binary output
+/// through a shell session is therefore not byte-exact with the real agent; neither here.
+fn drop_replacement_char_tails(buf: &mut Vec<u8>) {
+    const FFFD: [u8; 3] = [0xEF, 0xBF, 0xBD];
+    let mut out = 0;
+    let mut i = 0;
+    while i < buf.len() {
+        buf[out] = buf[i];
+        out += 1;
+        i += if buf[i..].starts_with(&FFFD) { 3 } else { 1 };
+    }
+    buf.truncate(out);
+}
+
 /// How many bytes at the end of `data` start a UTF-8 character that is not complete yet.
 fn incomplete_utf8_tail(data: &[u8]) -> usize {
     for back in 1..=data.len().min(3) {
@@ -1043,6 +1060,13 @@ mod text_tests {
         }
         // Not UTF-8 at all: still progresses, at full size.
         assert_eq!(utf8_cut(&[0x80; 2000], 1024), 1024);
+    }
+
+    #[test]
+    fn a_replacement_character_loses_its_last_two_bytes_as_with_the_real_agent() {
+        let mut buf = b"a\xEF\xBF\xBDb\xEF\xBFc".to_vec();
+        drop_replacement_char_tails(&mut buf);
+        assert_eq!(buf, b"a\xEFb\xEF\xBFc");
     }
 
     #[test]

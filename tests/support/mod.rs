@@ -298,6 +298,20 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     buf
 }
 
+/// Like [`write_random_file`], for output read through a shell session: every U+FFFD (EF BF BD)
+/// is broken up, because the real agent sends only the first byte of one (`processStdoutData`
+/// in shell.go takes it for a decoding error; the simulator does the same).
+pub fn write_shell_safe_random_file(path: &Path, len: u64, seed: u64) -> String {
+    let mut data = random_bytes(len as usize, seed);
+    for i in 0..data.len().saturating_sub(2) {
+        if data[i..i + 3] == [0xEF, 0xBF, 0xBD] {
+            data[i + 2] = 0xBC;
+        }
+    }
+    fs::write(path, &data).expect("write file");
+    sha256(&data)
+}
+
 /// Writes `len` deterministic random bytes to `path` in 1 MiB chunks; returns their SHA-256.
 pub fn write_random_file(path: &Path, len: u64, seed: u64) -> String {
     if let Some(parent) = path.parent() {
