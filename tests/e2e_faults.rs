@@ -15,18 +15,14 @@ use crate::support::{
 
 const BULK: u64 = 300;
 
-// FIXME(issue 19): these fault plans run on the fast agent. Against the faithful one (the
-// default), every frame lost to corruption or to a reset connection comes back only when it is
-// the agent's oldest unacked message, one per 100 ms tick, as with the real agent; several of
-// these tests then outlast their bounds. Until the client or the gateway model covers that,
-// they test the client's recovery on the fast agent.
+// The agent is the faithful one (the default): a frame lost to a fault comes back only when it
+// is the agent's oldest unacked message, one per 100 ms tick, as with the real agent.
 fn both_ways(plan: &str) -> SimConfig {
     let plan = FaultPlan::parse(plan).expect("fault plan");
     SimConfig {
         up: plan.clone(),
         down: plan,
         seed: 7,
-        fast_agent: false,
         ..Default::default()
     }
 }
@@ -34,7 +30,6 @@ fn both_ways(plan: &str) -> SimConfig {
 fn drops(spec: &str) -> SimConfig {
     SimConfig {
         drops: DropPlan::parse(spec).expect("drop plan"),
-        fast_agent: false,
         ..Default::default()
     }
 }

@@ -191,10 +191,6 @@ fn sigint_terminates_the_session_and_exits() {
 fn websocket_drops_during_a_forward_are_resumed() {
     let config = SimConfig {
         drops: DropPlan::parse("after-bytes=3000000,max=2").expect("plan"),
-        // FIXME(issue 19): against the faithful agent the frames lost in the reset connection
-        // come back one per 100 ms tick and this stalls past the read timeout; fast agent here
-        // until the client or the gateway model covers it.
-        fast_agent: true,
         ..Default::default()
     };
     let sim = Sim::start(config).expect("sim");

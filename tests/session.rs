@@ -327,6 +327,39 @@ fn no_handshake_within_the_deadline_fails() {
 }
 
 #[test]
+fn a_shell_session_takes_input_without_a_handshake_and_waits_for_output_indefinitely() {
+    let t0 = Instant::now();
+    let config = SessionConfig {
+        no_handshake: true,
+        ..Default::default()
+    };
+    let mut s = Session::new(config, t0);
+    assert!(
+        !s.can_accept_input(),
+        "a HandshakeRequest (KMS) may still come"
+    );
+    let mut now = t0;
+    // Ten quiet minutes, the timers run whenever they ask to.
+    while now < t0 + Duration::from_secs(600) {
+        now = s
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_secs(1))
+            .max(now + Duration::from_millis(1));
+        s.handle_timeout(now);
+        assert!(
+            !events(&mut s)
+                .iter()
+                .any(|e| matches!(e, Event::Failed(_) | Event::Closed { .. })),
+            "ended after {:?}",
+            now - t0
+        );
+    }
+    assert!(s.can_accept_input());
+    s.handle_frame(now, agent_frame(0, ptype::OUTPUT, "late"));
+    assert_eq!(s.poll_output(1 << 16).as_deref(), Some(&b"late"[..]));
+}
+
+#[test]
 fn a_held_session_leaves_output_unacked_until_a_connection_and_drops_a_closed_ones() {
     // Port forwarding (§8.1, §16.3): a greeting before any local connection is left for the
     // agent to resend; after DisconnectToPort what still comes is acked and dropped; the next

@@ -81,25 +81,37 @@ async fn pump(conn: Conn, input: &mpsc::Sender<Input>, output: &mut mpsc::Receiv
     let peer = conn.peer;
     let (mut r, mut w) = tokio::io::split(conn.stream);
     let mut buf = vec![0u8; READ_CHUNK];
-    let alive = loop {
-        tokio::select! {
-            n = r.read(&mut buf) => match n {
+    // Two loops side by side, never one waiting for the other: output must reach the
+    // connection while the session takes no input (the agent acks only once it has written
+    // what it holds, and it writes only once we read).
+    let up = async {
+        loop {
+            match r.read(&mut buf).await {
                 Ok(n) if n > 0 => {
-                    if input.send(Input::Data(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-                        break false;
+                    let data = Bytes::copy_from_slice(&buf[..n]);
+                    if input.send(Input::Data(data)).await.is_err() {
+                        return false;
                     }
                 }
-                _ => break true,
-            },
-            data = output.recv() => match data {
+                _ => return true,
+            }
+        }
+    };
+    let down = async {
+        loop {
+            match output.recv().await {
                 Some(data) => {
                     if w.write_all(&data).await.is_err() {
-                        break true;
+                        return true;
                     }
                 }
-                None => break false,
-            },
+                None => return false,
+            }
         }
+    };
+    let alive = tokio::select! {
+        alive = up => alive,
+        alive = down => alive,
     };
     let _ = w.shutdown().await;
     tracing::info!(%peer, "connection closed");

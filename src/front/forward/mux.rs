@@ -50,11 +50,13 @@ pub async fn engine(
     let mut ticker = tokio::time::interval(KEEPALIVE);
     let mut accepting = true;
     let mut idle_since = tokio::time::Instant::now();
+    // The next smux frame for the session. It waits in a select branch, never in an await of
+    // its own: while the session takes no input (the agent has not acked), output must still
+    // reach the connections, or the agent, blocked on us, never acks (a deadlock).
+    let mut pending: Option<Bytes> = None;
     loop {
-        while let Some(frame) = mux.poll_transmit() {
-            if input.send(Input::Data(frame)).await.is_err() {
-                return;
-            }
+        if pending.is_none() {
+            pending = mux.poll_transmit();
         }
         if !streams.is_empty() {
             idle_since = tokio::time::Instant::now();
@@ -63,6 +65,10 @@ pub async fn engine(
         }
         let idle_at = idle.map(|d| idle_since + d);
         tokio::select! {
+            permit = input.reserve(), if pending.is_some() => match permit {
+                Ok(permit) => permit.send(Input::Data(pending.take().unwrap_or_default())),
+                Err(_) => return,
+            },
             conn = conns.recv(), if accepting => match conn {
                 Some(conn) => {
                     let id = mux.open();
@@ -71,7 +77,8 @@ pub async fn engine(
                 }
                 None => accepting = false,
             },
-            Some((id, chunk)) = from_conn.recv() => match chunk {
+            // Local reads only when everything read before is on its way: memory stays bounded.
+            Some((id, chunk)) = from_conn.recv(), if pending.is_none() => match chunk {
                 Some(data) => mux.send(id, &data),
                 None => {
                     tracing::info!(conn = id, "connection closed");
