@@ -31,7 +31,7 @@ pub const NOTICE: &str = "ssm_proxy::notice";
 /// Prints notice events as one plain line on stderr (`\r\n` on a raw terminal).
 struct Notices;
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Notices {
+impl<S: tracing::Subscriber> Layer<S> for Notices {
     fn on_event(
         &self,
         event: &tracing::Event<'_>,

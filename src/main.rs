@@ -109,7 +109,10 @@ fn plugin_main(invocation: front::plugin::Invocation) -> i32 {
             let value = std::env::var(name).unwrap_or_default();
             // SAFETY: nothing else runs yet (no runtime, no logging, no other thread), so no
             // one reads the environment concurrently. Unset so the token reaches no child (§1.3).
-            unsafe { std::env::remove_var(name) };
+            #[allow(unsafe_code)]
+            unsafe {
+                std::env::remove_var(name)
+            };
             value
         }
     };
