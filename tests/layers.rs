@@ -39,9 +39,21 @@ const EXCEPTIONS: [(&str, &str, &str); 4] = [
     // The in-memory harness joins the client's Session to the agent model: it needs both.
     ("src/sim/pair.rs", "proto", "the Session ⇄ agent harness"),
     // Issue 14 item 4: the simulated agent gets its own retransmission timer and RNG.
-    ("src/sim/agent.rs", "proto::rto", "issue 14: the agent's own timer"),
-    ("src/sim/agent.rs", "proto::session", "issue 14: the agent's own RNG"),
-    ("src/sim/faults.rs", "proto::session", "issue 14: the simulator's own RNG"),
+    (
+        "src/sim/agent.rs",
+        "proto::rto",
+        "issue 14: the agent's own timer",
+    ),
+    (
+        "src/sim/agent.rs",
+        "proto::session",
+        "issue 14: the agent's own RNG",
+    ),
+    (
+        "src/sim/faults.rs",
+        "proto::session",
+        "issue 14: the simulator's own RNG",
+    ),
 ];
 
 /// Words the sans-IO core must not contain: it gets time, bytes and randomness from its caller.
@@ -144,7 +156,9 @@ fn violations(rel: &str, text: &str) -> Vec<String> {
     // The command line is the front-ends' input: only they (and main, logging) read it.
     let cli_ok = layer == "front" || rel == "src/main.rs" || rel == "src/logging.rs";
     if !cli_ok && crate_paths(&code).iter().any(|p| covers("cli", p)) {
-        found.push(format!("{rel}: only front reads the command line (crate::cli)"));
+        found.push(format!(
+            "{rel}: only front reads the command line (crate::cli)"
+        ));
     }
     if layer == "proto" {
         for word in NOT_IN_PROTO {

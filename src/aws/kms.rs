@@ -53,9 +53,9 @@ impl Aws {
                     _ => String::new(),
                 };
                 return Err(
-                    match super::error::classify(e, key_id, &self.region, &endpoint) {
+                    match super::error::classify(e, key_id, &self.site(&endpoint)) {
                         AwsError::Unreachable { detail, .. } => unreachable(detail),
-                        e @ (AwsError::NoCredentials | AwsError::BadCredentials(_)) => e,
+                        e @ (AwsError::NoCredentials { .. } | AwsError::BadCredentials { .. }) => e,
                         other => kms_error(if why.is_empty() {
                             other.to_string()
                         } else {

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use crate::aws::{Aws, SessionGrant};
 use crate::cli::{self, AwsArgs, Cli, UsageError};
+use crate::front::report;
 use crate::front::target::{self, Alias, TargetSpec};
 use crate::os;
 use crate::proto::{SessionConfig, SessionKind};
@@ -134,10 +135,11 @@ pub async fn relay(
         tracing::info!(?outcome, "session result");
         // On a normal end, what was received must reach stdout before we exit.
         if let Ok(Outcome {
-            end: End::Closed | End::LocalEof,
+            end: end @ (End::Closed | End::Gone | End::LocalEof),
             ..
         }) = &outcome
         {
+            report::session_end(end, &session_id);
             stdout_done.wait(Duration::from_secs(30));
         }
         Ok(outcome?)

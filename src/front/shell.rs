@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::aws::{Aws, SessionGrant};
 use crate::cli::{self, AwsArgs, ShellArgs, UsageError};
+use crate::front::report;
 use crate::front::target::{self, TargetSpec};
 use crate::os;
 use crate::proto::SessionKind;
@@ -215,6 +216,9 @@ pub async fn run_granted(
         // What was received reaches the terminal before it leaves raw mode.
         stdout_done.wait(Duration::from_secs(5));
         drop(terminal);
+        if let Ok(outcome) = &outcome {
+            report::session_end(&outcome.end, &session_id);
+        }
         Ok(outcome?)
     }
     .instrument(span)

@@ -99,6 +99,9 @@ pub enum End {
     LocalGone,
     /// A signal asked us to stop; we terminated the session.
     Signal(i32),
+    /// The session ended on the service while we were disconnected (ResumeSession gave no
+    /// token): the official client says it timed out and exits 0 (§1.1).
+    Gone,
 }
 
 /// The result of a session.
@@ -337,11 +340,6 @@ impl Driver {
                     Event::Closed { output } => {
                         // Everything acked before the close is owed to the local reader.
                         self.deliver_remaining(&local.output).await;
-                        if output.is_empty() {
-                            // The official client's channel_closed line (on its stdout; ours
-                            // is the byte stream in proxy mode).
-                            eprintln!("Exiting session with sessionId: {}.", self.grant.session_id);
-                        }
                         return match output.is_empty() {
                             true => Ok(self.outcome(End::Closed)),
                             false => Err(DriveError::ClosedWithError(output)),
@@ -460,12 +458,10 @@ impl Driver {
                     Ok(()) => {
                         tracing::warn!(target: "ssm_proxy::notice", "reconnected after {took:.1} s; the session goes on")
                     }
-                    // Timed out or terminated while we were away: the official client says so
-                    // and exits 0 (§1.1).
+                    // Timed out or terminated while we were away (§1.1).
                     Err(DriveError::Gone) => {
-                        eprintln!("Session: {} timed out.", self.grant.session_id);
                         self.deliver_remaining(&local.output).await;
-                        return Ok(self.outcome(End::Closed));
+                        return Ok(self.outcome(End::Gone));
                     }
                     Err(e) => {
                         tracing::warn!(target: "ssm_proxy::notice", "could not reconnect; giving up after {took:.0} s");
