@@ -180,7 +180,7 @@ fn closed_port() -> u16 {
 fn stopped_by(signal: &str) -> Option<i32> {
     let sim = Sim::start(SimConfig::default()).expect("sim");
     let home = TempDir::new("err-home");
-    let port = crate::support::forward::echo_server().to_string();
+    let port = support::forward::echo_server().to_string();
     let mut cmd = Command::new(proxy_bin());
     apply_env(&mut cmd, &env_for(&home, sim.env(), &[], &[]))
         .args([TARGET, &port])
@@ -234,7 +234,7 @@ fn every_failure_class_exits_with_its_documented_status() {
     let run = |env: Vec<(String, String)>, args: &[&str]| support::proxy_run(&env, args, 15);
     let open = closing_server().to_string();
     let closed = closed_port().to_string();
-    let echo = crate::support::forward::echo_server().to_string();
+    let echo = support::forward::echo_server().to_string();
     let no_dial = [("SSM_PROXY_SSMMESSAGES_ENDPOINT", "ws://127.0.0.1:1")];
     let plain_ws = [("SSM_PROXY_SSMMESSAGES_ENDPOINT", "ws://192.0.2.1:80")];
     let no_creds = env_for(
