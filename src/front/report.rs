@@ -103,4 +103,20 @@ mod tests {
         assert_eq!(Failure::of(&usage).status(), USAGE);
         assert_eq!(Failure::of(&anyhow::anyhow!("other")).status(), OTHER);
     }
+
+    #[test]
+    fn kms_failures_are_not_blamed_on_the_agent_version() {
+        use crate::proto::SessionError;
+        let line = |e| Failure::of(&anyhow::Error::new(DriveError::Handshake(e))).line;
+        let kms = line(SessionError::ChallengeMismatch);
+        assert!(
+            kms.contains("kms:Decrypt") && !kms.contains("up to date"),
+            "{kms}"
+        );
+        let handshake = line(SessionError::HandshakeTimeout(30));
+        assert!(
+            handshake.ends_with("is up to date and running"),
+            "{handshake}"
+        );
+    }
 }

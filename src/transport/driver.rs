@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::websocket::{self, Ws};
 use crate::aws::{Aws, AwsError, SessionGrant};
 use crate::proto::payload::Size;
-use crate::proto::{Event, Session, SessionConfig, SessionKind};
+use crate::proto::{Event, Session, SessionConfig, SessionError, SessionKind};
 
 /// Tunables of the driver.
 #[derive(Debug, Clone)]
@@ -125,9 +125,9 @@ pub enum DriveError {
     /// The service closed the channel with a reason.
     #[error("session closed by the service: {0}{hint}", hint = closed_hint(.0))]
     ClosedWithError(String),
-    /// The handshake did not complete or was refused.
-    #[error("{0}: check that the SSM agent on the target is up to date and running")]
-    Handshake(String),
+    /// The handshake did not complete or was refused, or the session's encryption failed.
+    #[error("{0}: {hint}", hint = failed_hint(.0))]
+    Handshake(SessionError),
     /// The data channel could not be opened.
     #[error(
         "could not open the data channel to {url}: {detail}: check the network and proxy settings"
@@ -154,6 +154,17 @@ pub enum DriveError {
     /// The session no longer exists on the service.
     #[error("the session ended while disconnected (ResumeSession returned no token)")]
     Gone,
+}
+
+/// The fix for a session that could not go on: KMS failures are not the agent's version.
+fn failed_hint(why: &SessionError) -> &'static str {
+    match why.is_encryption() {
+        true => {
+            "KMS encryption failed: check the key in the Session Manager preferences, that the \
+             target's role may kms:Decrypt with it, and the SSM agent's version"
+        }
+        false => "check that the SSM agent on the target is up to date and running",
+    }
 }
 
 /// The fix for a known `channel_closed` reason.
