@@ -29,10 +29,11 @@ pub use mux::BACKLOG;
 use crate::aws::{Aws, SessionGrant};
 use crate::cli::{AwsArgs, ForwardArgs};
 use crate::front::report::{self, Failure};
+use crate::front::settings::{Mode, SessionSettings};
 use crate::front::target::{self, TargetSpec};
 use crate::os;
-use crate::proto::{SessionConfig, SessionKind};
-use crate::transport::{Driver, DriverConfig, End, Local};
+use crate::proto::SessionKind;
+use crate::transport::{Driver, End, Local};
 
 /// Bytes per local read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -242,16 +243,8 @@ impl Forward {
         };
         let span = tracing::info_span!("session", id = %grant.session_id);
         let session_id = grant.session_id.clone();
-        let config = DriverConfig {
-            resume_timeout: Duration::from_secs(self.resume_timeout),
-            target: self.target.clone(),
-            destination: self.destination.clone(),
-            session: SessionConfig {
-                hold_output: true,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let settings = SessionSettings::resuming(self.resume_timeout);
+        let config = settings.driver_config(Mode::Forward, &self.target, &self.destination);
         let connect = Driver::connect(self.aws.clone(), grant, config);
         let mut driver = match connect.instrument(span.clone()).await {
             Ok(driver) => driver,
