@@ -541,9 +541,22 @@ mod tests {
 interrupted.\n\nFault syntax: loss=0.01,dup=0.01,reorder=0.02,corrupt=0.001,drop-every=50,delay=5ms,jitter=2ms"
 )]
 pub struct SimArgs {
-    /// Address of the SSM API (the gateway takes an ephemeral port beside it).
+    /// Address of the SSM API (the gateway takes an ephemeral port beside it); a loopback
+    /// address unless --unsafe-non-loopback.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
+
+    /// Let --listen be an address other machines can reach. Unsafe: whoever can reach it and
+    /// read the printed credentials can dial this machine's ports through it, and run commands
+    /// on it for the --allow-commands targets.
+    #[arg(long)]
+    pub unsafe_non_loopback: bool,
+
+    /// Run shell and command sessions (and ECS Exec) for TARGET here, as the user running the
+    /// simulator (repeatable; `*` for every target). Without it they are refused with
+    /// AccessDeniedException.
+    #[arg(long = "allow-commands", value_name = "TARGET")]
+    pub allow_commands: Vec<String>,
 
     /// Answer StartSession for this target with TargetNotConnected (repeatable).
     #[arg(long, value_name = "TARGET")]

@@ -31,7 +31,7 @@ pub const NOTICE: &str = "ssm_proxy::notice";
 /// Prints notice events as one plain line on stderr (`\r\n` on a raw terminal).
 struct Notices;
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Notices {
+impl<S: tracing::Subscriber> Layer<S> for Notices {
     fn on_event(
         &self,
         event: &tracing::Event<'_>,
@@ -77,16 +77,17 @@ pub fn init(args: &LogArgs) {
             || !TOKEN_CARRIERS.iter().any(|c| meta.target().starts_with(c))
     });
     // Timestamps (since start) only where they help: debugging latency.
-    let file = args.log_file.as_ref().and_then(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
-    });
-    let writer = match file {
-        Some(f) => BoxMakeWriter::new(std::io::stderr.and(Mutex::new(f))),
-        None => BoxMakeWriter::new(std::io::stderr),
+    // Owner-only and never through a symlink: the log names sessions, targets and endpoints.
+    let mut append = std::fs::OpenOptions::new();
+    append.create(true).append(true);
+    let file = args
+        .log_file
+        .as_ref()
+        .map(|p| (p, crate::os::private_file(p, &mut append)));
+    let (writer, unopened) = match file {
+        Some((_, Ok(f))) => (BoxMakeWriter::new(std::io::stderr.and(Mutex::new(f))), None),
+        Some((p, Err(e))) => (BoxMakeWriter::new(std::io::stderr), Some((p, e))),
+        None => (BoxMakeWriter::new(std::io::stderr), None),
     };
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
@@ -102,4 +103,11 @@ pub fn init(args: &LogArgs) {
         .with(fmt)
         .with(Notices)
         .init();
+    if let Some((path, e)) = unopened {
+        tracing::warn!(
+            target: NOTICE,
+            "cannot write the log file {}: {e}; logging to stderr only",
+            path.display()
+        );
+    }
 }

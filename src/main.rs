@@ -4,6 +4,7 @@
 use clap::CommandFactory;
 use clap::Parser;
 use ssm_proxy::cli::{AwsArgs, Cli, Command};
+use ssm_proxy::front::report::Failure;
 use ssm_proxy::{front, logging};
 
 fn main() {
@@ -18,11 +19,11 @@ fn main() {
     };
     if let (Some(target), Some(command)) = (&cli.target, &cli.command) {
         let name = command_name(command);
-        eprintln!(
-            "ssm-proxy: TARGET {target:?} given before the {name} subcommand: write \
+        let failure = Failure::usage(format!(
+            "TARGET {target:?} given before the {name} subcommand: write \
              ssm-proxy {name} … (its TARGET comes after it); see ssm-proxy {name} --help"
-        );
-        std::process::exit(2);
+        ));
+        std::process::exit(i32::from(failure.report()));
     }
     logging::init(&cli.log);
     if let Some(rate) = cli.max_rate() {
@@ -112,7 +113,10 @@ fn plugin_main(invocation: front::plugin::Invocation) -> i32 {
             let value = std::env::var(name).unwrap_or_default();
             // SAFETY: nothing else runs yet (no runtime, no logging, no other thread), so no
             // one reads the environment concurrently. Unset so the token reaches no child (§1.3).
-            unsafe { std::env::remove_var(name) };
+            #[allow(unsafe_code)]
+            unsafe {
+                std::env::remove_var(name)
+            };
             value
         }
     };
@@ -138,31 +142,9 @@ fn plugin_main(invocation: front::plugin::Invocation) -> i32 {
     i32::from(code)
 }
 
+/// The one stderr line and the exit status of a failure (front::report decides both).
 fn fail(err: &anyhow::Error) -> u8 {
-    eprintln!("ssm-proxy: {}", one_line(&format!("{err:#}")));
-    err.chain()
-        .find_map(|e| {
-            e.downcast_ref::<ssm_proxy::aws::AwsError>()
-                .map(|a| a.exit_code())
-        })
-        .or_else(|| {
-            err.chain()
-                .find(|e| e.is::<ssm_proxy::cli::UsageError>())
-                .map(|_| 2)
-        })
-        .or_else(|| {
-            err.chain().find_map(
-                |e| match e.downcast_ref::<ssm_proxy::transport::DriveError>() {
-                    Some(ssm_proxy::transport::DriveError::Aws(a)) => Some(a.exit_code()),
-                    Some(
-                        d @ (ssm_proxy::transport::DriveError::Forbidden(_)
-                        | ssm_proxy::transport::DriveError::StreamUrl(_)),
-                    ) => Some(d.exit_code()),
-                    _ => None,
-                },
-            )
-        })
-        .unwrap_or(1)
+    Failure::of(err).report()
 }
 
 /// Parses the arguments. In ProxyCommand position a host named like a subcommand
@@ -214,8 +196,7 @@ fn usage_error(e: clap::Error) -> i32 {
         return 0;
     }
     let text = e.render().to_string();
-    eprintln!("ssm-proxy: {}", usage_line(&text));
-    2
+    i32::from(Failure::usage(usage_line(&text)).report())
 }
 
 /// clap's rendered error as one line: its first paragraph (which names what is missing or
@@ -241,10 +222,6 @@ fn usage_line(rendered: &str) -> String {
         command.join(" ")
     };
     format!("{what}; see {command} --help")
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

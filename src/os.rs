@@ -329,6 +329,46 @@ impl ConsoleText {
     }
 }
 
+/// Opens `path` as a file only its owner may read (the log, the target cache): created 0600 on
+/// Unix, and never through a symlink at its last component (`O_NOFOLLOW`: a planted link is
+/// refused, not followed). `options` says how to open it.
+pub fn private_file(
+    path: &std::path::Path,
+    options: &mut std::fs::OpenOptions,
+) -> std::io::Result<std::fs::File> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let nofollow = rustix::fs::OFlags::NOFOLLOW.bits();
+        options.mode(0o600).custom_flags(nofollow as i32);
+    }
+    options.open(path)
+}
+
+/// Creates `dir` (with its parents) for files only its owner may read: 0700 on Unix, made so
+/// if it already existed, and refused if it is a symlink.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let meta = std::fs::symlink_metadata(dir)?;
+        if !meta.is_dir() {
+            let why = format!("{} is not a directory", dir.display());
+            return Err(std::io::Error::other(why));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,9 @@ use std::fs;
 use std::path::Path;
 
 /// Calls whose first string literal is (part of) a user-facing message.
-const MESSAGE_CALLS: [&str; 9] = [
+const MESSAGE_CALLS: [&str; 10] = [
     "#[error(",
+    "Failure::usage(",
     "UsageError(",
     "bail!(",
     "anyhow!(",

@@ -87,6 +87,28 @@ fn unsigned_upgrade_refused_signed_accepted() {
 
 #[test]
 fn wrongly_signed_client_fails_in_one_line() {
+    // Credentials the API accepts and the gateway refuses (a policy without
+    // ssmmessages:OpenDataChannel): the signed upgrade gets HTTP 403.
+    let sim = Sim::start(SimConfig {
+        api_only_keys: vec![("AKIANODATACHANNEL".into(), "api-only".into())],
+        ..Default::default()
+    })
+    .expect("sim");
+    let home = TempDir::new("sig-home");
+    let mut env = sim.env();
+    env.retain(|(k, _)| !k.starts_with("AWS_ACCESS_KEY") && !k.starts_with("AWS_SECRET"));
+    env.push(("AWS_ACCESS_KEY_ID".into(), "AKIANODATACHANNEL".into()));
+    env.push(("AWS_SECRET_ACCESS_KEY".into(), "api-only".into()));
+    env.push(("HOME".into(), home.path().display().to_string()));
+    let out = support::proxy_run(&env, &[TARGET, "22"], 10);
+    let line = support::one_line_failure(&out);
+    assert!(line.contains("403"), "{line}");
+    assert_eq!(out.status.code(), Some(77), "{line}");
+    assert!(support::wait_until(5, || sim.active_sessions() == 0));
+}
+
+#[test]
+fn the_api_answers_only_signed_requests() {
     let sim = Sim::start(SimConfig::default()).expect("sim");
     let home = TempDir::new("sig-home");
     let mut env = sim.env();
@@ -95,9 +117,36 @@ fn wrongly_signed_client_fails_in_one_line() {
     env.push(("HOME".into(), home.path().display().to_string()));
     let out = support::proxy_run(&env, &[TARGET, "22"], 10);
     let line = support::one_line_failure(&out);
-    assert!(line.contains("403"), "{line}");
+    assert!(line.contains("InvalidSignatureException"), "{line}");
     assert_eq!(out.status.code(), Some(77), "{line}");
-    assert!(support::wait_until(5, || sim.active_sessions() == 0));
+    assert_eq!(
+        sim.stats().start_calls,
+        0,
+        "a wrongly signed StartSession was counted"
+    );
+    let unsigned = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", "X-Amz-Target: AmazonSSM.StartSession"])
+        .args(["-H", "Content-Type: application/x-amz-json-1.1"])
+        .args([
+            "-d",
+            &format!("{{\"Target\":\"{TARGET}\"}}"),
+            &sim.endpoint(),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&unsigned.stdout), "403");
+    assert_eq!(sim.stats().started, 0);
 }
 
 /// A `credential_process` that hands out a new key on every call (AKIAROTATE1, 2, …), valid
@@ -213,4 +262,48 @@ fn idle_timeout_ends_a_forward_without_a_new_session() {
         fwd.stderr_text()
     );
     assert_eq!(sim.active_sessions(), 0);
+}
+
+/// `ssm-proxy sim` as shipped: loopback only unless told otherwise, a fresh secret each run,
+/// and no commands run for a target that was not allowed to.
+#[test]
+fn the_shipped_simulator_is_loopback_only_keyed_and_runs_no_commands_unless_told() {
+    let out = support::proxy_run(&[], &["sim", "--listen", "0.0.0.0:0"], 10);
+    let line = support::one_line_failure(&out);
+    assert_eq!(out.status.code(), Some(2), "{line}");
+    assert!(line.contains("--unsafe-non-loopback"), "{line}");
+
+    let mut cmd = Command::new(proxy_bin());
+    apply_env(&mut cmd, &[])
+        .args(["sim", "--allow-commands", "i-00000000000000001"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut sim = support::ChildGuard(support::spawn_group(&mut cmd));
+    let stdout = sim.0.stdout.take().expect("stdout");
+    let mut env = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.expect("sim output");
+        if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+            env.push((k.to_owned(), v.to_owned()));
+            if k == "SSM_PROXY_SSMMESSAGES_ENDPOINT" {
+                break;
+            }
+        }
+    }
+    let secret = env.iter().find(|(k, _)| k == "AWS_SECRET_ACCESS_KEY");
+    let secret = secret.map(|(_, v)| v.as_str()).expect("secret printed");
+    assert_ne!(
+        secret,
+        ssm_proxy::sim::SECRET_KEY,
+        "the secret is the public one"
+    );
+    let home = TempDir::new("sim-home");
+    env.push(("HOME".into(), home.path().display().to_string()));
+    let out = support::proxy_run(&env, &["shell", TARGET, "--", "true"], 10);
+    let line = support::one_line_failure(&out);
+    assert_eq!(out.status.code(), Some(77), "{line}");
+    assert!(line.contains("--allow-commands"), "{line}");
+    let out = support::proxy_run(&env, &["shell", "i-00000000000000001", "--", "exit 3"], 10);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
 }

@@ -208,7 +208,7 @@ fn a_twelve_second_outage_mid_download_is_survived() {
     let digest = write_random_file(&remote, 16 << 20, 13);
     let local = TempDir::new("outage");
     let down = local.join("down.bin");
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     run_ok(
         fx.sshd
             .scp_cmd(proxy_bin(), &env)
@@ -218,7 +218,7 @@ fn a_twelve_second_outage_mid_download_is_survived() {
     );
     assert_eq!(sha256_file(&down), digest);
     assert!(
-        started.elapsed() >= std::time::Duration::from_secs(12),
+        started.elapsed() >= Duration::from_secs(12),
         "the outage must really have happened"
     );
     assert!(

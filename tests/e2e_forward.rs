@@ -452,7 +452,7 @@ fn no_listening_line_before_the_session_starts() {
 fn listens_on_ipv6_and_unix_sockets() {
     let sim = Sim::start(SimConfig::default()).expect("sim");
     let echo = echo_server();
-    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+    if TcpListener::bind("[::1]:0").is_ok() {
         let fwd = Forwarder::start(&sim, &format!("[::1]:0:{echo}"));
         assert!(
             fwd.stderr_text().contains("listening on [::1]:"),

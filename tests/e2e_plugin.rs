@@ -114,17 +114,57 @@ fn version_and_installed_forms() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ssm-proxy "));
 }
 
-/// StartSession straight to the simulator's API (it checks no signature), as the AWS CLI does
-/// before it hands over; returns the response JSON.
+/// SigV4 headers for a StartSession with `body` to the simulator at `addr`, signed with the
+/// key it prints (the API refuses anything else).
+fn signed_start_session(addr: &str, body: &str) -> Vec<(String, String)> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    let creds = aws_credential_types::Credentials::new(
+        ssm_proxy::sim::ACCESS_KEY,
+        ssm_proxy::sim::SECRET_KEY,
+        None,
+        None,
+        "test",
+    );
+    let identity = creds.into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(ssm_proxy::sim::sigv4::REGION)
+        .name("ssm")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .expect("signing params")
+        .into();
+    let headers = [
+        ("host", addr),
+        ("x-amz-target", "AmazonSSM.StartSession"),
+        ("content-type", "application/x-amz-json-1.1"),
+    ];
+    let url = format!("http://{addr}/");
+    let body = SignableBody::Bytes(body.as_bytes());
+    let request = SignableRequest::new("POST", &url, headers.into_iter(), body).expect("request");
+    let (instructions, _) = sign(request, &params).expect("sign").into_parts();
+    let signed = instructions
+        .headers()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    signed.collect()
+}
+
+/// StartSession straight to the simulator's API, as the AWS CLI does before it hands over;
+/// returns the response JSON.
 fn start_session_raw(endpoint: &str, request: &str) -> String {
     let addr = endpoint.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).expect("connect to the simulator");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
+    let signature: String = signed_start_session(addr, request)
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
         "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: AmazonSSM.StartSession\r\n\
-         Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\
+         Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n{signature}\
          Connection: close\r\n\r\n{request}",
         request.len()
     )

@@ -462,3 +462,41 @@ fn a_closed_stdout_ends_the_session_without_waiting_for_stdin() {
     assert!(status.success(), "{status}");
     assert!(support::wait_until(5, || sim.active_sessions() == 0));
 }
+
+#[test]
+fn the_log_file_is_owner_only_and_never_written_through_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = Sim::start(SimConfig::default()).expect("sim");
+    let home = TempDir::new("polish-home");
+    let log = home.join("proxy.log");
+    let env = sim_env(&sim, &home);
+    let out = run(
+        &env,
+        &["-v", "--log-file", &log.display().to_string(), TARGET, "1"],
+        b"",
+        10,
+    );
+    assert!(!out.status.success());
+    let mode = std::fs::metadata(&log)
+        .expect("log written")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let victim = home.join("victim");
+    std::fs::write(&victim, "untouched").expect("victim");
+    let link = home.join("link.log");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let out = run(
+        &env,
+        &["--log-file", &link.display().to_string(), TARGET, "1"],
+        b"",
+        10,
+    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("cannot write the log file"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "untouched"
+    );
+}

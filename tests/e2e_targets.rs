@@ -44,6 +44,14 @@ fn name_lookup_is_cached_for_a_minute() {
     let cache = fx.home.join(".cache/ssm-proxy/targets.json");
     let text = fs::read_to_string(&cache).expect("cache file written");
     assert!(text.contains(TARGET), "cache holds the id: {text}");
+    // Its owner's alone, and no access key id in clear.
+    assert!(!text.contains(ssm_proxy::sim::ACCESS_KEY), "{text}");
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&cache), 0o600);
+    assert_eq!(mode(cache.parent().expect("dir")), 0o700);
 
     assert_eq!(ssh_echo(&fx, "", "web-1"), "ok");
     assert_eq!(

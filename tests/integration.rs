@@ -45,6 +45,8 @@ mod e2e_targets;
 mod e2e_wine;
 mod fuzz;
 mod golden;
+#[cfg(unix)]
+mod layers;
 mod session;
 #[cfg(unix)]
 mod support;

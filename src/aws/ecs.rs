@@ -51,7 +51,7 @@ impl Aws {
         let code = e.code().unwrap_or_default().to_owned();
         let message = e.message().unwrap_or_default().to_owned();
         let endpoint = self.ecs_endpoint();
-        match super::error::classify(e, cluster, &self.region, &endpoint) {
+        match super::error::classify(e, cluster, &self.site(&endpoint)) {
             AwsError::AccessDenied(m) => AwsError::EcsDenied(m),
             AwsError::Unreachable { detail, .. } => AwsError::EcsUnreachable { endpoint, detail },
             _ if code == "ClusterNotFoundException" => AwsError::EcsNotFound {

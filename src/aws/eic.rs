@@ -39,7 +39,7 @@ impl Aws {
                     e.message().unwrap_or_default().to_owned(),
                 );
                 Err(
-                    match super::error::classify(e, instance, &self.region, &endpoint) {
+                    match super::error::classify(e, instance, &self.site(&endpoint)) {
                         AwsError::AccessDenied(m) => AwsError::EicDenied(m),
                         AwsError::Service { .. } | AwsError::TargetNotConnected { .. } => {
                             AwsError::EicRefused {

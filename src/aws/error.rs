@@ -14,17 +14,26 @@ pub enum AwsError {
     /// The credential chain found nothing.
     #[error(
         "no AWS credentials found{}: run `aws sso login{}` or `aws configure{}`, set AWS_PROFILE, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-        profile_named(" for profile "),
-        profile_named(" --profile "),
-        profile_named(" --profile ")
+        named(" for profile ", .profile),
+        named(" --profile ", .profile),
+        named(" --profile ", .profile)
     )]
-    NoCredentials,
+    NoCredentials {
+        /// The profile named (--profile, AWS_PROFILE): the fix must name it, or `aws sso
+        /// login` refreshes the wrong one.
+        profile: Option<String>,
+    },
     /// Credentials exist but are rejected (expired, bad signature).
     #[error(
-        "AWS rejected the credentials{of} ({0}): refresh them (e.g. `aws sso login{login}`) and retry",
-        of = profile_named(" of profile "), login = profile_named(" --profile ")
+        "AWS rejected the credentials{of} ({code}): refresh them (e.g. `aws sso login{login}`) and retry",
+        of = named(" of profile ", .profile), login = named(" --profile ", .profile)
     )]
-    BadCredentials(String),
+    BadCredentials {
+        /// The service's error code.
+        code: String,
+        /// The profile named, as in [`AwsError::NoCredentials`].
+        profile: Option<String>,
+    },
     /// The profile asked for is in neither AWS file.
     #[error(
         "AWS profile {0:?} does not exist in {1}: check the name (`aws configure list-profiles`), or create it with `aws configure --profile {0}` or `aws configure sso --profile {0}`"
@@ -263,8 +272,8 @@ impl AwsError {
     /// unavailable target or network 69, anything else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::NoCredentials
-            | Self::BadCredentials(_)
+            Self::NoCredentials { .. }
+            | Self::BadCredentials { .. }
             | Self::AccessDenied(_)
             | Self::DescribeDenied(_)
             | Self::EicDenied(_)
@@ -294,36 +303,33 @@ impl AwsError {
     }
 }
 
-/// The profile the process uses when one was named (--profile, AWS_PROFILE): credential fixes
-/// must name it, or `aws sso login` refreshes the wrong one. One per process, set on load.
-static PROFILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Records the named profile for messages (the first call wins).
-pub(super) fn set_profile(name: &str) {
-    let _ = PROFILE.set(name.to_owned());
-}
-
 /// `prefix` and the named profile, or nothing when none was named.
-fn profile_named(prefix: &str) -> String {
-    PROFILE
-        .get()
+fn named(prefix: &str, profile: &Option<String>) -> String {
+    profile
+        .as_ref()
         .map(|p| format!("{prefix}{p}"))
         .unwrap_or_default()
 }
 
+/// Where a call went, for the messages of its failures.
+pub(super) struct Site<'a> {
+    /// The region asked.
+    pub region: &'a str,
+    /// The endpoint URL.
+    pub endpoint: &'a str,
+    /// The profile named (--profile, AWS_PROFILE), if any.
+    pub profile: Option<&'a str>,
+}
+
 /// Maps an SDK error to an [`AwsError`].
-pub(super) fn classify<E, R>(
-    err: SdkError<E, R>,
-    subject: &str,
-    region: &str,
-    endpoint: &str,
-) -> AwsError
+pub(super) fn classify<E, R>(err: SdkError<E, R>, subject: &str, site: &Site<'_>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     let text = DisplayErrorContext(&err).to_string();
     tracing::debug!(error = %text, "SSM call failed");
+    let profile = || site.profile.map(str::to_owned);
     match &err {
         SdkError::ServiceError(service) => {
             let e = service.err();
@@ -333,7 +339,7 @@ where
                 "TargetNotConnected" | "InvalidTarget" | "InvalidInstanceId" => {
                     AwsError::TargetNotConnected {
                         target: subject.to_owned(),
-                        region: region.to_owned(),
+                        region: site.region.to_owned(),
                     }
                 }
                 "AccessDeniedException" | "AccessDenied" => AwsError::AccessDenied(message),
@@ -345,13 +351,16 @@ where
                 "UnrecognizedClientException"
                 | "InvalidSignatureException"
                 | "ExpiredTokenException"
-                | "InvalidClientTokenId" => AwsError::BadCredentials(code),
+                | "InvalidClientTokenId" => AwsError::BadCredentials {
+                    code,
+                    profile: profile(),
+                },
                 _ => AwsError::Service { code, message },
             }
         }
-        _ if is_credentials_error(&err) => AwsError::NoCredentials,
+        _ if is_credentials_error(&err) => AwsError::NoCredentials { profile: profile() },
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => AwsError::Unreachable {
-            endpoint: endpoint.to_owned(),
+            endpoint: site.endpoint.to_owned(),
             detail: short(&text),
         },
         _ => AwsError::Other(short(&text)),
@@ -399,7 +408,33 @@ fn short(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::short;
+    use super::{AwsError, short};
+
+    #[test]
+    fn credential_fixes_name_the_profile_given() {
+        let none = AwsError::NoCredentials { profile: None }.to_string();
+        assert!(
+            none.starts_with("no AWS credentials found: run `aws sso login` or"),
+            "{none}"
+        );
+        let prod = AwsError::NoCredentials {
+            profile: Some("prod".into()),
+        };
+        assert!(
+            prod.to_string()
+                .contains("found for profile prod: run `aws sso login --profile prod`")
+        );
+        let rejected = AwsError::BadCredentials {
+            code: "ExpiredTokenException".into(),
+            profile: Some("prod".into()),
+        };
+        assert!(
+            rejected
+                .to_string()
+                .contains("credentials of profile prod (ExpiredTokenException)")
+        );
+        assert_eq!(rejected.exit_code(), 77);
+    }
 
     #[test]
     fn short_details_are_the_innermost_readable_message() {

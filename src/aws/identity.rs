@@ -22,12 +22,12 @@ impl Aws {
         let provider = self
             .sdk
             .credentials_provider()
-            .ok_or(AwsError::NoCredentials)?;
+            .ok_or_else(|| self.no_credentials())?;
         // Whatever failed (nothing found, an expired SSO token, an unreachable metadata
         // service), the fix is the same; the detail is for -vv.
         let creds = provider.provide_credentials().await.map_err(|e| {
             tracing::debug!(error = %DisplayErrorContext(&e), "credentials not loaded");
-            AwsError::NoCredentials
+            self.no_credentials()
         })?;
         // `Credentials` keeps the provider's name private; its Debug output (which redacts the
         // secret) is the only place that shows it.
@@ -46,6 +46,12 @@ impl Aws {
         Ok(Identity { source, access_key })
     }
 
+    fn no_credentials(&self) -> AwsError {
+        AwsError::NoCredentials {
+            profile: self.profile.clone(),
+        }
+    }
+
     /// STS GetCallerIdentity: the ARN the credentials act as.
     pub async fn caller_arn(&self) -> Result<String, AwsError> {
         let client = aws_sdk_sts::Client::new(&self.sdk);
@@ -53,7 +59,7 @@ impl Aws {
             .unwrap_or_else(|_| format!("https://sts.{}.amazonaws.com", self.region));
         let out =
             client.get_caller_identity().send().await.map_err(|e| {
-                super::error::classify(e, "GetCallerIdentity", &self.region, &endpoint)
+                super::error::classify(e, "GetCallerIdentity", &self.site(&endpoint))
             })?;
         Ok(out.arn().unwrap_or("unknown").to_owned())
     }

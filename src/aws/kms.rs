@@ -5,13 +5,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use zeroize::Zeroizing;
 
 use super::{Aws, AwsError};
 
 /// A data key: the plaintext for us, the ciphertext blob for the agent.
 pub struct DataKey {
-    /// 64 bytes, never logged.
-    pub plaintext: Vec<u8>,
+    /// 64 bytes, never logged, overwritten with zeros when dropped (right after the session's
+    /// cipher is keyed with it).
+    pub plaintext: Zeroizing<Vec<u8>>,
     /// What the agent decrypts with KMS.
     pub ciphertext: Vec<u8>,
 }
@@ -53,9 +55,9 @@ impl Aws {
                     _ => String::new(),
                 };
                 return Err(
-                    match super::error::classify(e, key_id, &self.region, &endpoint) {
+                    match super::error::classify(e, key_id, &self.site(&endpoint)) {
                         AwsError::Unreachable { detail, .. } => unreachable(detail),
-                        e @ (AwsError::NoCredentials | AwsError::BadCredentials(_)) => e,
+                        e @ (AwsError::NoCredentials { .. } | AwsError::BadCredentials { .. }) => e,
                         other => kms_error(if why.is_empty() {
                             other.to_string()
                         } else {
@@ -68,7 +70,7 @@ impl Aws {
         };
         match (out.plaintext, out.ciphertext_blob) {
             (Some(p), Some(c)) => Ok(DataKey {
-                plaintext: p.into_inner(),
+                plaintext: Zeroizing::new(p.into_inner()),
                 ciphertext: c.into_inner(),
             }),
             _ => Err(kms_error("GenerateDataKey returned no key".into())),

@@ -79,6 +79,8 @@ pub struct Aws {
     region: String,
     endpoint: String,
     reason: Option<String>,
+    /// The profile named (--profile, AWS_PROFILE), for the fixes of credential failures.
+    profile: Option<String>,
     /// The loaded configuration, for the clients of other services (EC2 Instance Connect, STS).
     sdk: aws_config::SdkConfig,
     /// Sessions whose TerminateSession did not go through in time (throttled, unreachable):
@@ -136,7 +138,6 @@ impl Aws {
             .clone()
             .or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()));
         if let Some(name) = &named {
-            error::set_profile(name);
             check_profile_exists(name)?;
         }
         let region = match &opts.region {
@@ -206,6 +207,7 @@ impl Aws {
             region: region.to_string(),
             endpoint,
             reason: opts.reason.clone(),
+            profile: named,
             sdk,
             unterminated: Default::default(),
             signing: Default::default(),
@@ -327,7 +329,16 @@ impl Aws {
         E: aws_sdk_ssm::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug + Send + Sync + 'static,
     {
-        error::classify(err, subject, &self.region, &self.endpoint)
+        error::classify(err, subject, &self.site(&self.endpoint))
+    }
+
+    /// Where a call to `endpoint` goes, for the messages of its failures.
+    fn site<'a>(&'a self, endpoint: &'a str) -> error::Site<'a> {
+        error::Site {
+            region: &self.region,
+            endpoint,
+            profile: self.profile.as_deref(),
+        }
     }
 }
 

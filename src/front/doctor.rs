@@ -146,66 +146,13 @@ async fn aws_checks(
     target: Option<&str>,
     aws_args: &AwsArgs,
 ) {
-    let creds_ok = match aws.identity().await {
-        Ok(id) => {
-            r.line(
-                Status::Ok,
-                "credentials",
-                &format!(
-                    "from the {} provider{}, key {}",
-                    id.source,
-                    if id.source.contains("Profile") {
-                        format!(" (profile {profile})")
-                    } else {
-                        String::new()
-                    },
-                    id.access_key
-                ),
-            );
-            true
-        }
-        Err(e) => {
-            r.line(Status::Fail, "credentials", &e.to_string());
+    let creds_ok = check_credentials(r, aws, profile).await;
+    let ssm_ok = match creds_ok {
+        true => check_ssm_endpoint(r, aws).await,
+        false => {
+            r.line(Status::Skip, "identity", "needs credentials");
+            r.line(Status::Skip, "SSM endpoint", "needs credentials");
             false
-        }
-    };
-    if creds_ok {
-        match aws.caller_arn().await {
-            Ok(arn) => r.line(
-                Status::Ok,
-                "identity",
-                &format!("{arn} (STS GetCallerIdentity)"),
-            ),
-            Err(e) => r.line(Status::Fail, "identity", &e.to_string()),
-        }
-    } else {
-        r.line(Status::Skip, "identity", "needs credentials");
-    }
-    let ssm_ok = if !creds_ok {
-        r.line(Status::Skip, "SSM endpoint", "needs credentials");
-        false
-    } else {
-        match aws
-            .describe_nodes("PingStatus", &["Online".to_owned()])
-            .await
-        {
-            Ok(nodes) => {
-                r.line(
-                    Status::Ok,
-                    "SSM endpoint",
-                    &format!(
-                        "{} answered DescribeInstanceInformation: {} managed node{} online",
-                        aws.endpoint(),
-                        nodes.len(),
-                        if nodes.len() == 1 { "" } else { "s" }
-                    ),
-                );
-                true
-            }
-            Err(e) => {
-                r.line(Status::Fail, "SSM endpoint", &e.to_string());
-                false
-            }
         }
     };
     match target {
@@ -217,6 +164,64 @@ async fn aws_checks(
         Some(_) if !ssm_ok => r.line(Status::Skip, "target", "needs the SSM endpoint"),
         Some(t) => check_target(r, aws, t, aws_args.profile.as_deref()).await,
     }
+    check_data_channel(r, aws, aws_args).await;
+}
+
+/// Which provider gave the credentials, and (when it did) who they are.
+async fn check_credentials(r: &mut Report, aws: &Aws, profile: &str) -> bool {
+    let id = match aws.identity().await {
+        Ok(id) => id,
+        Err(e) => {
+            r.line(Status::Fail, "credentials", &e.to_string());
+            return false;
+        }
+    };
+    let of_profile = match id.source.contains("Profile") {
+        true => format!(" (profile {profile})"),
+        false => String::new(),
+    };
+    r.line(
+        Status::Ok,
+        "credentials",
+        &format!(
+            "from the {} provider{of_profile}, key {}",
+            id.source, id.access_key
+        ),
+    );
+    match aws.caller_arn().await {
+        Ok(arn) => r.line(
+            Status::Ok,
+            "identity",
+            &format!("{arn} (STS GetCallerIdentity)"),
+        ),
+        Err(e) => r.line(Status::Fail, "identity", &e.to_string()),
+    }
+    true
+}
+
+/// DescribeInstanceInformation on the SSM endpoint: reachable, and these credentials work.
+async fn check_ssm_endpoint(r: &mut Report, aws: &Aws) -> bool {
+    let online = ["Online".to_owned()];
+    match aws.describe_nodes("PingStatus", &online).await {
+        Ok(nodes) => {
+            let s = if nodes.len() == 1 { "" } else { "s" };
+            let detail = format!(
+                "{} answered DescribeInstanceInformation: {} managed node{s} online",
+                aws.endpoint(),
+                nodes.len(),
+            );
+            r.line(Status::Ok, "SSM endpoint", &detail);
+            true
+        }
+        Err(e) => {
+            r.line(Status::Fail, "SSM endpoint", &e.to_string());
+            false
+        }
+    }
+}
+
+/// Dials the data-channel endpoint (the override, or the region's) as a session would.
+async fn check_data_channel(r: &mut Report, aws: &Aws, aws_args: &AwsArgs) {
     let url = aws_args
         .ssmmessages_endpoint
         .clone()

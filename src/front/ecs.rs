@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::aws::EcsContainer;
 use crate::cli::{AwsArgs, ShellArgs, UsageError};
+use crate::front::settings::SessionSettings;
 use crate::front::shell::{self, Plan};
 use crate::os;
 
@@ -77,8 +78,8 @@ pub async fn shell(
         r = start => r?,
         sig = signals.recv() => return Ok(os::signal_exit_code(sig.unwrap_or(os::SIGINT))),
     };
-    let resume = args.resume.resume_timeout;
-    shell::run_granted(aws, grant, &target, &plan, resume, signals).await
+    let settings = SessionSettings::from_resume(&args.resume);
+    shell::run_session(aws, grant, &target, &plan, &settings, signals).await
 }
 
 /// A JSON field matched case-insensitively, as the official plugin's Go decoder matches them:

@@ -6,6 +6,8 @@ pub mod forward;
 pub mod manual;
 pub mod plugin;
 pub mod proxy;
+pub mod report;
+pub mod settings;
 pub mod shell;
 pub mod sim;
 pub mod ssh_config;
@@ -54,11 +56,7 @@ pub async fn settle(aws: &Aws, result: anyhow::Result<u8>) -> anyhow::Result<u8>
     }
     if let Err(e) = &result {
         // main's line, printed while stderr is still there (main's own goes to /dev/null).
-        let line = format!("{e:#}");
-        eprintln!(
-            "ssm-proxy: {}",
-            line.split_whitespace().collect::<Vec<_>>().join(" ")
-        );
+        report::Failure::of(e).report();
     }
     tracing::info!("stdio released; retrying TerminateSession");
     crate::os::release_stdio();

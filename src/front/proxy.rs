@@ -11,9 +11,11 @@ use tracing::Instrument;
 
 use crate::aws::{Aws, SessionGrant};
 use crate::cli::{self, AwsArgs, Cli, UsageError};
+use crate::front::report;
+use crate::front::settings::{Mode, SessionSettings};
 use crate::front::target::{self, Alias, TargetSpec};
 use crate::os;
-use crate::proto::{SessionConfig, SessionKind};
+use crate::proto::SessionKind;
 use crate::transport::{Driver, DriverConfig, End, Outcome, stdio};
 
 /// Public keys `--send-key` tries, in order, under `~/.ssh`.
@@ -37,6 +39,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let spec = TargetSpec::parse(&target_text)?;
     let mut parameters = cli::document_parameters(&cli.parameters, "host=db.internal")?;
     parameters.insert("portNumber".into(), vec![cli.port.to_string()]);
+    let settings = SessionSettings::from_cli(&cli);
     let send_key = match &cli.send_key {
         None => None,
         Some(arg) => {
@@ -79,23 +82,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         r = prepare => r?,
         sig = signals.recv() => return Ok(os::signal_exit_code(sig.unwrap_or(os::SIGINT))),
     };
-    let config = driver_config(cli.max_payload, cli.resume.resume_timeout, cli.dead_after);
+    let config = settings.driver_config(Mode::Relay, &target, "");
     relay(aws, grant, &target, config, &mut signals).await
 }
 
-/// Driver settings from the relay's tunables.
+/// The relay's driver configuration from bare tunables: the session-manager-plugin entry's
+/// (it has no [`SessionSettings`] yet; [`SessionSettings::from_env`] is its replacement).
 pub fn driver_config(max_payload: usize, resume_timeout: u64, dead_after: u64) -> DriverConfig {
-    DriverConfig {
-        session: SessionConfig {
-            max_payload: max_payload.clamp(1, 64 * 1024),
-            ..Default::default()
-        },
+    let settings = SessionSettings {
         resume_timeout: Duration::from_secs(resume_timeout),
-        dead_after: Duration::from_secs(dead_after.max(1)),
-        ping_interval: Duration::from_secs(dead_after.clamp(1, 30)) / 3,
-        hangup: Some(os::SIGHUP),
-        ..Default::default()
-    }
+        dead_after: Duration::from_secs(dead_after),
+        max_payload,
+    };
+    settings.driver_config(Mode::Relay, "", "")
 }
 
 /// Relays stdin and stdout over a started Stream session until it ends, and leaves nothing
@@ -134,10 +133,11 @@ pub async fn relay(
         tracing::info!(?outcome, "session result");
         // On a normal end, what was received must reach stdout before we exit.
         if let Ok(Outcome {
-            end: End::Closed | End::LocalEof,
+            end: end @ (End::Closed | End::Gone | End::LocalEof),
             ..
         }) = &outcome
         {
+            report::session_end(end, &session_id);
             stdout_done.wait(Duration::from_secs(30));
         }
         Ok(outcome?)

@@ -20,11 +20,13 @@ use tracing::Instrument;
 
 use crate::aws::{Aws, SessionGrant};
 use crate::cli::{self, AwsArgs, ShellArgs, UsageError};
+use crate::front::report;
+use crate::front::settings::{Mode, SessionSettings};
 use crate::front::target::{self, TargetSpec};
 use crate::os;
 use crate::proto::SessionKind;
 use crate::proto::payload::Size;
-use crate::transport::{Driver, DriverConfig, End, Input, Local, Outcome, stdio};
+use crate::transport::{Driver, End, Input, Local, Outcome, stdio};
 
 /// The shell document (the account's Session Manager preferences, §1.2).
 pub const SHELL_DOCUMENT: &str = "SSM-SessionManagerRunShell";
@@ -148,19 +150,12 @@ pub async fn run(args: ShellArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
         r = start => r?,
         sig = signals.recv() => return Ok(os::signal_exit_code(sig.unwrap_or(os::SIGINT))),
     };
-    run_granted(
-        aws,
-        grant,
-        &target,
-        &plan,
-        args.resume.resume_timeout,
-        signals,
-    )
-    .await
+    let settings = SessionSettings::from_resume(&args.resume);
+    run_session(aws, grant, &target, &plan, &settings, signals).await
 }
 
-/// Runs a started shell or command session to its end (also for the session-manager-plugin
-/// entry, whose session the AWS CLI started); returns the process exit status.
+/// [`run_session`] for the session-manager-plugin entry, which has only a resume timeout
+/// (until it builds [`SessionSettings::from_env`] itself).
 pub async fn run_granted(
     aws: Aws,
     grant: SessionGrant,
@@ -169,14 +164,22 @@ pub async fn run_granted(
     resume_timeout: u64,
     signals: mpsc::Receiver<i32>,
 ) -> anyhow::Result<u8> {
+    let settings = SessionSettings::resuming(resume_timeout);
+    run_session(aws, grant, target, plan, &settings, signals).await
+}
+
+/// Runs a started shell or command session to its end (also for the session-manager-plugin
+/// entry, whose session the AWS CLI started); returns the process exit status.
+pub async fn run_session(
+    aws: Aws,
+    grant: SessionGrant,
+    target: &str,
+    plan: &Plan,
+    settings: &SessionSettings,
+    signals: mpsc::Receiver<i32>,
+) -> anyhow::Result<u8> {
     let raw = plan.remote_tty && std::io::stdin().is_terminal();
-    let mut config = DriverConfig {
-        resume_timeout: Duration::from_secs(resume_timeout),
-        target: target.to_owned(),
-        ..Default::default()
-    };
-    // Shell-type documents may run without a handshake: no ready deadline, input at once.
-    config.session.no_handshake = true;
+    let config = settings.driver_config(Mode::Shell, target, "");
     let session_id = grant.session_id.clone();
     let span = tracing::info_span!("session", id = %session_id, %target);
     let result: anyhow::Result<Outcome> = async {
@@ -217,6 +220,9 @@ pub async fn run_granted(
         // What was received reaches the terminal before it leaves raw mode.
         stdout_done.wait(Duration::from_secs(5));
         drop(terminal);
+        if let Ok(outcome) = &outcome {
+            report::session_end(&outcome.end, &session_id);
+        }
         Ok(outcome?)
     }
     .instrument(span)

@@ -2,11 +2,19 @@
 
 use std::io::Write;
 
-use crate::cli::SimArgs;
+use crate::cli::{SimArgs, UsageError};
 use crate::sim::{FaultPlan, SimConfig, SimServer};
 
 /// Serves until SIGINT/SIGTERM; the client environment goes to stdout first.
 pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
+    if !args.listen.ip().is_loopback() && !args.unsafe_non_loopback {
+        return Err(UsageError(format!(
+            "--listen {}: the simulator serves only loopback addresses (127.0.0.1, ::1); add \
+             --unsafe-non-loopback to let other machines reach it",
+            args.listen
+        ))
+        .into());
+    }
     let parse = |s: &str, which: &str| {
         FaultPlan::parse(s).map_err(|e| anyhow::anyhow!("--faults-{which}: {e}"))
     };
@@ -40,6 +48,9 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
         }),
         online_after: args.online_after,
         allow_unsigned: args.allow_unsigned,
+        // A fresh secret: only who reads the printed environment can use this simulator.
+        secret: format!("sim-{}", uuid::Uuid::new_v4().simple()),
+        commands: args.allow_commands,
         ..Default::default()
     };
     let server = SimServer::bind(config, args.listen.ip(), args.listen.port()).await?;

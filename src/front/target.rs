@@ -1,19 +1,23 @@
 //! What the user typed as a target, turned into a managed-node id: ids pass as given; a `Name`
 //! tag value (`web-1`) or `tag:KEY=VALUE` is looked up with SSM DescribeInstanceInformation,
-//! which also says whether the agent is online; `ecs:CLUSTER/TASK[/CONTAINER]` with ECS. Answers are cached on disk for a minute, so
-//! that `scp`, `rsync` and Ansible, which connect many times in a row, pay for one lookup.
+//! which also says whether the agent is online; `ecs:CLUSTER/TASK[/CONTAINER]` with ECS. Answers
+//! are cached on disk for a minute, so that `scp`, `rsync` and Ansible, which connect many times
+//! in a row, pay for one lookup; the cache is its owner's alone (0600 in a 0700 directory,
+//! never through a symlink) and keyed by a hash, so it names no access key id.
 //!
 //! Also the host-alias convention: with `--alias`, ssh's `%h` is `TARGET.PROFILE.REGION`, so one
 //! `Host *.prod.eu-west-1` block serves every instance of an account and region.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::aws::{Aws, AwsError};
 use crate::cli::UsageError;
+use crate::os;
 
 /// How long a resolved name stays valid in the cache.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
@@ -175,15 +179,17 @@ pub fn cache_path() -> Option<PathBuf> {
     dirs::cache_dir().map(|d| d.join("ssm-proxy").join("targets.json"))
 }
 
-fn read_cache(path: &PathBuf) -> HashMap<String, Entry> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+fn read_cache(path: &Path) -> HashMap<String, Entry> {
+    let mut text = Vec::new();
+    let read = os::private_file(path, std::fs::OpenOptions::new().read(true))
+        .and_then(|mut f| f.read_to_end(&mut text));
+    read.ok()
+        .and_then(|_| serde_json::from_slice(&text).ok())
         .unwrap_or_default()
 }
 
 /// Stores an entry; failures only cost a lookup next time.
-fn write_cache(path: &PathBuf, key: &str, id: &str) {
+fn write_cache(path: &Path, key: &str, id: &str) {
     let mut map = read_cache(path);
     let now = now_secs();
     map.retain(|_, e| now.saturating_sub(e.at) < CACHE_TTL.as_secs());
@@ -196,16 +202,28 @@ fn write_cache(path: &PathBuf, key: &str, id: &str) {
     );
     let write = || -> std::io::Result<()> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            os::private_dir(dir)?;
         }
-        // Write then rename: concurrent ssh connections never read half a file.
+        // Write then rename: concurrent ssh connections never read half a file. A leftover
+        // of the same name (a crashed run, a planted link) is removed, not written through.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec(&map).unwrap_or_default())?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = os::private_file(
+            &tmp,
+            std::fs::OpenOptions::new().write(true).create_new(true),
+        )?;
+        file.write_all(&serde_json::to_vec(&map).unwrap_or_default())?;
         std::fs::rename(&tmp, path)
     };
     if let Err(e) = write() {
         tracing::debug!(error = %e, path = %path.display(), "could not write the target cache");
     }
+}
+
+/// A cache key as stored: its SHA-256, so the file names no access key id, profile or tag.
+fn hashed(key: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Resolves a target to an id. Ids are returned as given, without any API call.
@@ -235,12 +253,12 @@ pub async fn resolve(
     // account's answer.
     let env = |k: &str| std::env::var(k).unwrap_or_default();
     let who = profile.map_or_else(|| env("AWS_PROFILE"), str::to_owned);
-    let cache_key = format!(
+    let cache_key = hashed(&format!(
         "{who}|{}|{}|{}|{key}={value}",
         env("AWS_ACCESS_KEY_ID"),
         aws.region(),
         aws.endpoint()
-    );
+    ));
     let path = cache_path();
     if use_cache
         && let Some(path) = &path

@@ -12,7 +12,7 @@ pub const DATA_KEY_LEN: usize = 64;
 pub const OVERHEAD: usize = NONCE_LEN + 16;
 
 /// Why a payload could not be decrypted (or a key not used).
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum CryptoError {
     /// The data key is not 64 bytes.
     #[error("the KMS data key has {0} bytes, expected 64")]

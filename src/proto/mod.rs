@@ -18,6 +18,6 @@ pub mod session;
 
 pub use frame::{Frame, FrameError, MessageType};
 pub use handshake::SessionKind;
-pub use session::{Event, Session, SessionConfig};
+pub use session::{Event, Session, SessionConfig, SessionError};
 pub mod crypto;
 pub mod smux;

@@ -112,8 +112,8 @@ pub enum Event {
         /// Failure text from the service, if any.
         output: String,
     },
-    /// The session could not be established.
-    Failed(String),
+    /// The session could not be established, or its encryption failed.
+    Failed(SessionError),
     /// The agent asks for KMS encryption: call GenerateDataKey (64 bytes) with this key and the
     /// encryption context of §6 (plus `aws:ssm:RandomChallenge` = `challenge` when present),
     /// then answer with [`Session::set_data_key`] (if GenerateDataKey fails, the session cannot
@@ -124,6 +124,47 @@ pub enum Event {
         /// The random challenge the agent offers for the encryption context.
         challenge: Option<String>,
     },
+}
+
+/// Why a session cannot go on (reported once, as [`Event::Failed`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// No HandshakeComplete within `ready_timeout`.
+    #[error("the agent did not complete the handshake within {0} s")]
+    HandshakeTimeout(u64),
+    /// The HandshakeRequest asks for a session type we do not know (§8.1).
+    #[error("the agent asked for a session type this client does not know")]
+    UnknownSessionType,
+    /// The data key from GenerateDataKey is unusable.
+    #[error("{0}")]
+    DataKey(#[from] super::crypto::CryptoError),
+    /// An encryption challenge came before any data key (§6).
+    #[error("the agent sent an encryption challenge but KMS encryption was never set up")]
+    ChallengeWithoutKey,
+    /// The challenge does not open with our key.
+    #[error(
+        "the agent's KMS encryption challenge does not decrypt with our data key (the agent and \
+         this client disagree on the key)"
+    )]
+    ChallengeMismatch,
+    /// Encrypted data that does not open with our key.
+    #[error("data from the agent does not decrypt with the session's KMS key")]
+    Undecryptable,
+    /// channel_closed while output after a gap was held: the gap will never be filled.
+    #[error(
+        "the session closed with output missing: message {0} never arrived (the agent gave up resending it)"
+    )]
+    OutputMissing(i64),
+}
+
+impl SessionError {
+    /// Whether KMS encryption is what failed (rather than the handshake itself).
+    pub fn is_encryption(&self) -> bool {
+        !matches!(
+            self,
+            Self::HandshakeTimeout(_) | Self::UnknownSessionType | Self::OutputMissing(_)
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,11 +278,7 @@ impl Session {
                 if self.inbox.buffered_bytes() > 0 {
                     // Output after a gap arrived, the gap never will: the agent stopped resending
                     // (it drains for 2 s at most, §12.1). Say so rather than end quietly short.
-                    return self.fail(format!(
-                        "the session closed with output missing: message {} never arrived \
-                         (the agent gave up resending it)",
-                        self.inbox.expected()
-                    ));
+                    return self.fail(SessionError::OutputMissing(self.inbox.expected()));
                 }
                 self.close(closed.output);
             }
@@ -352,9 +389,7 @@ impl Session {
                         };
                         return self.process_clear(&clear, must_take);
                     }
-                    _ => self.fail(
-                        "data from the agent does not decrypt with the session's KMS key".into(),
-                    ),
+                    _ => self.fail(SessionError::Undecryptable),
                 }
             }
             _ => return self.process_clear(frame, must_take),
@@ -441,7 +476,7 @@ impl Session {
         self.state = State::Handshaking(eval.kind);
         self.agent_version = Some(req.agent_version.clone());
         if eval.kind.is_none() {
-            self.fail("the agent asked for a session type this client does not know".into());
+            self.fail(SessionError::UnknownSessionType);
         }
     }
 
@@ -453,7 +488,7 @@ impl Session {
         };
         match Cipher::new(Side::Client, plaintext, self.rng) {
             Ok(cipher) => self.cipher = Some(cipher),
-            Err(e) => return self.fail(e.to_string()),
+            Err(e) => return self.fail(e.into()),
         }
         let challenge = req.requested_client_actions.iter().any(|a| {
             a.action_type == "KMSEncryption"
@@ -479,22 +514,19 @@ impl Session {
         let answer = match (&mut self.cipher, sealed) {
             (Some(cipher), Some(sealed)) => cipher.open(&sealed).map(|plain| cipher.seal(&plain)),
             _ => {
-                return self.fail(
-                    "the agent sent an encryption challenge but KMS encryption was never set up"
-                        .into(),
-                );
+                return self.fail(SessionError::ChallengeWithoutKey);
             }
         };
         match answer {
             Ok(answer) => {
                 let body = serde_json::json!({"Challenge": BASE64.encode(answer)});
-                self.send_stream(now, ptype::ENC_CHALLENGE_RESPONSE, Bytes::from(body.to_string()));
+                self.send_stream(
+                    now,
+                    ptype::ENC_CHALLENGE_RESPONSE,
+                    Bytes::from(body.to_string()),
+                );
             }
-            Err(_) => self.fail(
-                "the agent's KMS encryption challenge does not decrypt with our data key (the agent \
-                 and this client disagree on the key)"
-                    .into(),
-            ),
+            Err(_) => self.fail(SessionError::ChallengeMismatch),
         }
     }
 
@@ -507,7 +539,7 @@ impl Session {
         });
     }
 
-    fn fail(&mut self, why: String) {
+    fn fail(&mut self, why: SessionError) {
         if self.state != State::Closed {
             self.state = State::Closed;
             self.events.push_back(Event::Failed(why));
@@ -594,10 +626,8 @@ impl Session {
             self.become_ready(SessionKind::Shell, String::new());
         }
         if self.ready_deadline().is_some_and(|t| now >= t) {
-            self.fail(format!(
-                "the agent did not complete the handshake within {} s",
-                self.config.ready_timeout.as_secs()
-            ));
+            let secs = self.config.ready_timeout.as_secs();
+            self.fail(SessionError::HandshakeTimeout(secs));
         }
         if let Some(since) = self.paused_since
             && now >= since + self.config.pause_watchdog

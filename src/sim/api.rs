@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -13,32 +14,12 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+pub use super::error::ApiError;
 use super::service::Service;
+use super::sigv4;
 
 /// Path of the fake ECS endpoint (`AWS_ENDPOINT_URL_ECS`); only ECS operations are served there.
 pub const ECS_PATH: &str = "/ecs";
-
-/// An API error as the service would send it.
-#[derive(Debug)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Error code (`__type`).
-    pub code: &'static str,
-    /// Human message.
-    pub message: String,
-}
-
-impl ApiError {
-    /// A 400 with this code.
-    pub fn client(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            message: message.into(),
-        }
-    }
-}
 
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, service: Arc<Service>) {
@@ -61,24 +42,41 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
     service: Arc<Service>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    // Not AWS: what a test sshd's AuthorizedKeysCommand asks for (keys pushed through EC2
-    // Instance Connect in the last 60 s), `GET /sim/eic-keys/USER`.
+    // Not AWS, and not signed: what a test sshd's AuthorizedKeysCommand asks for (public keys
+    // pushed through EC2 Instance Connect in the last 60 s), `GET /sim/eic-keys/USER`.
     if let Some(user) = req.uri().path().strip_prefix("/sim/eic-keys/") {
         let keys = service.eic_authorized_keys(user);
         return Ok(Response::new(Full::new(Bytes::from(keys))));
     }
-    let on_ecs = req.uri().path().starts_with(ECS_PATH);
-    let target = req
-        .headers()
+    let (parts, body) = req.into_parts();
+    let on_ecs = parts.uri.path().starts_with(ECS_PATH);
+    let target = parts
+        .headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let body = match req.into_body().collect().await {
+    let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
     // STS speaks the query protocol: a form body in, XML out.
+    let sts = body.starts_with(b"Action=");
+    // Only the holder of a key the simulator printed may use it, as on AWS.
+    let uri = parts.uri.to_string();
+    let keys = service.api_keys();
+    let signed = sigv4::verify_api(
+        parts.method.as_str(),
+        &uri,
+        &parts.headers,
+        &body,
+        &keys,
+        SystemTime::now(),
+    );
+    if let Err(why) = signed {
+        tracing::info!(%why, %target, "unsigned or wrongly signed request refused");
+        return Ok(refused(&why, sts));
+    }
     if body.starts_with(b"Action=GetCallerIdentity") {
         let resp = Response::builder()
             .header("content-type", "text/xml")
@@ -127,6 +125,31 @@ async fn handle(
             Some(e.code),
         ),
     })
+}
+
+/// The service's answer to a request whose signature does not hold (HTTP 403; XML for STS).
+fn refused(why: &str, sts: bool) -> Response<Full<Bytes>> {
+    let code = if why.starts_with("missing Authorization") {
+        "MissingAuthenticationTokenException"
+    } else if why.starts_with("unknown access key") {
+        "UnrecognizedClientException"
+    } else {
+        "InvalidSignatureException"
+    };
+    let message = format!("the request signature is not valid: {why}");
+    if !sts {
+        let body = json!({"__type": code, "message": message});
+        return reply(StatusCode::FORBIDDEN, &body, Some(code));
+    }
+    let xml = format!(
+        "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}\
+         </Message></Error></ErrorResponse>"
+    );
+    Response::builder()
+        .status(StatusCode::FORBIDDEN)
+        .header("content-type", "text/xml")
+        .body(Full::new(Bytes::from(xml)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
 fn reply(status: StatusCode, body: &Value, error: Option<&str>) -> Response<Full<Bytes>> {

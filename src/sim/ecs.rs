@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::api::ApiError;
+use super::error::ApiError;
 
 /// The account in every ARN.
 const ACCOUNT: &str = "123456789012";

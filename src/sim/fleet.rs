@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::api::ApiError;
+use super::error::ApiError;
 
 /// How long EC2 Instance Connect keeps a pushed key (the real service: 60 s).
 pub const EIC_VALIDITY: Duration = Duration::from_secs(60);

@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use super::api::ApiError;
+use super::error::ApiError;
 
 /// One data key handed out: (key id, plaintext, encryption context).
 type Issued = (String, Vec<u8>, BTreeMap<String, String>);

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod api;
 pub mod ecs;
+pub mod error;
 pub mod faults;
 pub mod fleet;
 pub mod gateway;
@@ -84,8 +85,18 @@ pub struct SimConfig {
     pub online_after: Vec<(String, std::time::Duration)>,
     /// Accept unsigned websocket upgrades, as from clients older than 1.2.764.0 (§16.1).
     pub allow_unsigned: bool,
+    /// The secret of the printed access key ([`ACCESS_KEY`]): `ssm-proxy sim` draws a new one
+    /// each run, so that only who reads its output can use it.
+    pub secret: String,
     /// Access keys (id, secret) accepted beside the printed one, e.g. for rotating credentials.
     pub keys: Vec<(String, String)>,
+    /// Access keys the API accepts but the gateway refuses, like credentials allowed
+    /// ssm:StartSession but not ssmmessages:OpenDataChannel.
+    pub api_only_keys: Vec<(String, String)>,
+    /// Targets whose shell and command sessions (and ECS Exec) run a program on this machine;
+    /// `*` means every target. Others are refused with AccessDeniedException. The in-process
+    /// default is `*`; `ssm-proxy sim` allows none unless told (`--allow-commands`).
+    pub commands: Vec<String>,
     /// End sessions with no client data for this long, as the service's idle timeout does.
     pub idle_timeout: Option<std::time::Duration>,
     /// The ECS tasks the fake ECS API knows (default: cluster `sim`, service `web`).
@@ -117,7 +128,10 @@ impl Default for SimConfig {
             api_limit: None,
             online_after: Vec::new(),
             allow_unsigned: false,
+            secret: SECRET_KEY.to_owned(),
             keys: Vec::new(),
+            api_only_keys: Vec::new(),
+            commands: vec!["*".to_owned()],
             idle_timeout: None,
             ecs_tasks: ecs::default_tasks(),
         }
@@ -126,7 +140,7 @@ impl Default for SimConfig {
 
 /// The access key the simulator prints for its clients.
 pub const ACCESS_KEY: &str = "AKIASIMULATOR000000";
-/// Its secret.
+/// Its secret in the tests (`SimConfig::secret`'s default).
 pub const SECRET_KEY: &str = "simulator-secret";
 
 /// A running simulator bound to loopback.
@@ -170,7 +184,10 @@ impl SimServer {
         [
             ("AWS_ENDPOINT_URL_SSM", self.endpoint()),
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                self.service.config().secret.clone(),
+            ),
             ("AWS_REGION", sigv4::REGION.into()),
             // AWS CLI v1 reads only this one.
             ("AWS_DEFAULT_REGION", sigv4::REGION.into()),

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::SimConfig;
 use super::agent::Plugin;
-use super::api::ApiError;
+use super::error::ApiError;
 use super::gateway::{Attach, SessionPlan};
 
 /// A live session as the service knows it.
@@ -121,8 +121,15 @@ impl Service {
 
     /// The keys whose signatures the gateway accepts: the printed one and the configured extras.
     pub fn signing_keys(&self) -> Vec<(String, String)> {
-        let mut keys = vec![(super::ACCESS_KEY.to_owned(), super::SECRET_KEY.to_owned())];
+        let mut keys = vec![(super::ACCESS_KEY.to_owned(), self.config.secret.clone())];
         keys.extend(self.config.keys.iter().cloned());
+        keys
+    }
+
+    /// The keys whose signatures the API accepts: the gateway's and the API-only ones.
+    pub fn api_keys(&self) -> Vec<(String, String)> {
+        let mut keys = self.signing_keys();
+        keys.extend(self.config.api_only_keys.iter().cloned());
         keys
     }
 
@@ -244,6 +251,9 @@ impl Service {
             "AWS-StartNonInteractiveCommand" => Plugin::NonInteractiveCommands,
             _ => Plugin::Port,
         };
+        if !matches!(plugin, Plugin::Port) && !self.runs_commands(target) {
+            return Err(commands_denied(target, document));
+        }
         let properties = match document {
             // The shell: what it runs comes from the sim's configuration (§12.3).
             "SSM-SessionManagerRunShell" => json!({}),
@@ -328,6 +338,9 @@ impl Service {
     /// session in the response's camelCase `session` (§16.2).
     pub fn execute_command(self: &std::sync::Arc<Self>, input: &Value) -> Result<Value, ApiError> {
         let ecs = super::ecs::execute_command(&self.config.ecs_tasks, &self.config.denied, input)?;
+        if !self.runs_commands(&ecs.target) {
+            return Err(commands_denied(&ecs.target, "AWS-StartInteractiveCommand"));
+        }
         let properties = json!({"command": ecs.command});
         let grant = self.spawn(
             &ecs.target,
@@ -343,6 +356,11 @@ impl Service {
             "tokenValue": grant["TokenValue"],
         });
         Ok(response)
+    }
+
+    /// Whether shell and command sessions may run a program here for `target`.
+    fn runs_commands(&self, target: &str) -> bool {
+        self.config.commands.iter().any(|t| t == "*" || t == target)
     }
 
     /// `ResumeSession`: a new token for a live session; no token once it has ended (§1.1).
@@ -467,6 +485,21 @@ impl Service {
             start_calls: self.start_calls.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// What StartSession answers for a shell or command document on a target not allowed to run
+/// commands: what an IAM policy without that document would get.
+fn commands_denied(target: &str, document: &str) -> ApiError {
+    ApiError {
+        status: hyper::StatusCode::BAD_REQUEST,
+        code: "AccessDeniedException",
+        message: format!(
+            "User: arn:aws:iam::123456789012:user/sim is not authorized to perform: \
+             ssm:StartSession on resource: arn:aws:ssm:us-east-1::document/{document} for \
+             {target} (the simulator runs commands only for targets given with \
+             --allow-commands)"
+        ),
     }
 }
 

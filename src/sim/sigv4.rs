@@ -1,8 +1,9 @@
-//! The gateway's check of the SigV4-signed websocket upgrade (§16.1): the `Authorization`
-//! header must name a key the simulator knows, service `ssmmessages`, the simulator's region,
-//! a date within 5 minutes, and carry the signature that key gives the request's signed
-//! headers. The signature is recomputed with the SDK's `aws-sigv4` from what the request
-//! carries; the scope, key and clock checks are the service's own (refused with HTTP 403).
+//! SigV4 checks, as the service makes them: of the gateway's websocket upgrade (§16.1) and of
+//! every API request. The `Authorization` header must name a key the simulator knows, a
+//! service the endpoint serves (`ssmmessages` and the simulator's region for the upgrade), a
+//! date within 5 minutes, and carry the signature that key gives the request's signed headers
+//! and body. The signature is recomputed with the SDK's `aws-sigv4` from what the request
+//! carries; the scope, key and clock checks are the service's own.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,8 +12,20 @@ use aws_credential_types::Credentials;
 /// Region the simulator's printed environment names.
 pub const REGION: &str = "us-east-1";
 
+/// The signing names of the APIs the simulator serves (SSM, KMS, EC2 Instance Connect, STS,
+/// ECS); any region, since clients may name any.
+pub const API_SERVICES: [&str; 5] = ["ssm", "kms", "ec2-instance-connect", "sts", "ecs"];
+
 /// Most clock skew the service accepts.
 const MAX_SKEW: Duration = Duration::from_secs(300);
+
+/// A request as it arrived.
+struct Signed<'a> {
+    method: &'a str,
+    uri: &'a str,
+    headers: &'a http::HeaderMap,
+    body: &'a [u8],
+}
 
 /// The access key that signed the upgrade, or why it is refused.
 pub fn verify(
@@ -22,6 +35,42 @@ pub fn verify(
     keys: &[(String, String)],
     now: SystemTime,
 ) -> Result<String, String> {
+    let req = Signed {
+        method,
+        uri,
+        headers,
+        body: &[],
+    };
+    check(&req, &["ssmmessages"], Some(REGION), keys, now)
+}
+
+/// The access key that signed an API request (`body` as received), or why it is refused.
+pub fn verify_api(
+    method: &str,
+    uri: &str,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    keys: &[(String, String)],
+    now: SystemTime,
+) -> Result<String, String> {
+    let req = Signed {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    check(&req, &API_SERVICES, None, keys, now)
+}
+
+/// The key that signed `req` for one of `services` (in `region`, when given).
+fn check(
+    req: &Signed<'_>,
+    services: &[&str],
+    region_wanted: Option<&str>,
+    keys: &[(String, String)],
+    now: SystemTime,
+) -> Result<String, String> {
+    let headers = req.headers;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let auth = header("authorization").ok_or("missing Authorization (unsigned upgrade)")?;
     let rest = auth
@@ -46,11 +95,14 @@ pub fn verify(
     let [key_id, day, region, service, "aws4_request"] = scope[..] else {
         return Err(format!("malformed credential scope {credential:?}"));
     };
-    if service != "ssmmessages" {
-        return Err(format!("signed for service {service:?}, not ssmmessages"));
+    if !services.contains(&service) {
+        return Err(format!(
+            "signed for service {service:?}, not {}",
+            services.join(" or ")
+        ));
     }
-    if region != REGION {
-        return Err(format!("signed for region {region:?}, not {REGION}"));
+    if let Some(wanted) = region_wanted.filter(|w| *w != region) {
+        return Err(format!("signed for region {region:?}, not {wanted}"));
     }
     let secret = keys
         .iter()
@@ -93,10 +145,10 @@ pub fn verify(
         .map_err(|e| e.to_string())?
         .into();
     let request = aws_sigv4::http_request::SignableRequest::new(
-        method,
-        uri,
+        req.method,
+        req.uri,
         pairs.into_iter(),
-        aws_sigv4::http_request::SignableBody::Bytes(&[]),
+        aws_sigv4::http_request::SignableBody::Bytes(req.body),
     )
     .map_err(|e| e.to_string())?;
     let expected = aws_sigv4::http_request::sign(request, &params).map_err(|e| e.to_string())?;

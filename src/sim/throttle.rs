@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::api::ApiError;
+use super::error::ApiError;
 
 /// `--api-tps N` with `--api-burst B`.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -19,7 +19,7 @@ use super::websocket::{self, Ws};
 use crate::aws::{Aws, AwsError, SessionGrant};
 use crate::proto::pacer::Rate;
 use crate::proto::payload::Size;
-use crate::proto::{Event, Session, SessionConfig, SessionKind};
+use crate::proto::{Event, Session, SessionConfig, SessionError, SessionKind};
 
 /// Tunables of the driver.
 #[derive(Debug, Clone)]
@@ -112,6 +112,9 @@ pub enum End {
     LocalGone,
     /// A signal asked us to stop; we terminated the session.
     Signal(i32),
+    /// The session ended on the service while we were disconnected (ResumeSession gave no
+    /// token): the official client says it timed out and exits 0 (§1.1).
+    Gone,
 }
 
 /// The result of a session.
@@ -135,9 +138,9 @@ pub enum DriveError {
     /// The service closed the channel with a reason.
     #[error("session closed by the service: {0}{hint}", hint = closed_hint(.0))]
     ClosedWithError(String),
-    /// The handshake did not complete or was refused.
-    #[error("{0}: check that the SSM agent on the target is up to date and running")]
-    Handshake(String),
+    /// The handshake did not complete or was refused, or the session's encryption failed.
+    #[error("{0}: {hint}", hint = failed_hint(.0))]
+    Handshake(SessionError),
     /// The data channel could not be opened.
     #[error(
         "could not open the data channel to {url}: {detail}: check the network and proxy settings"
@@ -164,6 +167,20 @@ pub enum DriveError {
     /// The session no longer exists on the service.
     #[error("the session ended while disconnected (ResumeSession returned no token)")]
     Gone,
+}
+
+/// The fix for a session that could not go on: KMS failures are not the agent's version.
+fn failed_hint(why: &SessionError) -> &'static str {
+    if let SessionError::OutputMissing(_) = why {
+        return "run it again (-v shows the reconnects that lost it)";
+    }
+    match why.is_encryption() {
+        true => {
+            "KMS encryption failed: check the key in the Session Manager preferences, that the \
+             target's role may kms:Decrypt with it, and the SSM agent's version"
+        }
+        false => "check that the SSM agent on the target is up to date and running",
+    }
 }
 
 /// The fix for a known `channel_closed` reason.
@@ -350,11 +367,6 @@ impl Driver {
                     Event::Closed { output } => {
                         // Everything acked before the close is owed to the local reader.
                         self.deliver_remaining(&local.output).await;
-                        if output.is_empty() {
-                            // The official client's channel_closed line (on its stdout; ours
-                            // is the byte stream in proxy mode).
-                            eprintln!("Exiting session with sessionId: {}.", self.grant.session_id);
-                        }
                         return match output.is_empty() {
                             true => Ok(self.outcome(End::Closed)),
                             false => Err(DriveError::ClosedWithError(output)),
@@ -481,12 +493,10 @@ impl Driver {
                     Ok(()) => {
                         tracing::warn!(target: "ssm_proxy::notice", "reconnected after {took:.1} s; the session goes on")
                     }
-                    // Timed out or terminated while we were away: the official client says so
-                    // and exits 0 (§1.1).
+                    // Timed out or terminated while we were away (§1.1).
                     Err(DriveError::Gone) => {
-                        eprintln!("Session: {} timed out.", self.grant.session_id);
                         self.deliver_remaining(&local.output).await;
-                        return Ok(self.outcome(End::Closed));
+                        return Ok(self.outcome(End::Gone));
                     }
                     Err(e) => {
                         tracing::warn!(target: "ssm_proxy::notice", "could not reconnect; giving up after {took:.0} s");

@@ -49,6 +49,22 @@ pub fn refuse(url: &str) -> Option<String> {
     None
 }
 
+/// Why a data-channel endpoint the user named (`--ssmmessages-endpoint`,
+/// `SSM_PROXY_SSMMESSAGES_ENDPOINT`) may not receive the session token, as one line with the
+/// fix; `None` when it may. Any `wss://` host is the user's choice; plain `ws://` would carry
+/// the token in clear, so only to loopback. An unparsable one is reported where it is read.
+pub fn refuse_override(url: &str) -> Option<String> {
+    let ep = Endpoint::parse(url).ok()?;
+    (!ep.tls && !is_loopback(&ep.host)).then(|| {
+        format!(
+            "refusing to send the session token over plain ws:// to {}: a data-channel \
+             endpoint (--ssmmessages-endpoint, SSM_PROXY_SSMMESSAGES_ENDPOINT) off this machine \
+             must use wss://",
+            url.split('?').next().unwrap_or_default()
+        )
+    })
+}
+
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -148,6 +164,15 @@ mod tests {
             ("ftp://ssmmessages.us-east-1.amazonaws.com", false),
             ("", false),
         ];
+        for (over, ok) in [
+            ("ws://127.0.0.1:4000", true),
+            ("ws://localhost:4000", true),
+            ("wss://gateway.example:8443", true),
+            ("ws://gateway.example:8080", false),
+            ("ws://10.0.0.1", false),
+        ] {
+            assert_eq!(refuse_override(over).is_none(), ok, "{over}");
+        }
         for (base, ok) in table {
             let url = format!("{base}{path}");
             let verdict = refuse(&url);

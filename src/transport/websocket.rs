@@ -415,12 +415,14 @@ async fn dial(url: &str, aws: Option<&Aws>) -> anyhow::Result<Ws> {
 }
 
 /// Whether the session token may be sent to `url` (§16.1): one line naming the URL and the fix
-/// when not. An endpoint override replaces the host, and is trusted as the user's choice.
+/// when not. An endpoint override replaces the host, and is trusted as the user's choice
+/// unless it is plain `ws://` off this machine.
 pub fn check_url(url: &str) -> Result<(), String> {
-    if net().endpoint_override.is_some() {
-        return Ok(());
-    }
-    super::stream_url::refuse(url).map_or(Ok(()), Err)
+    let refused = match &net().endpoint_override {
+        Some(over) => super::stream_url::refuse_override(over),
+        None => super::stream_url::refuse(url),
+    };
+    refused.map_or(Ok(()), Err)
 }
 
 /// Dials the stream URL, signing the upgrade with `aws`'s credentials, and authenticates with

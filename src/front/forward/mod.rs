@@ -26,12 +26,14 @@ use tracing::Instrument;
 pub use conn::{Conn, Listener, LocalStream};
 pub use mux::BACKLOG;
 
-use crate::aws::{Aws, AwsError, SessionGrant};
+use crate::aws::{Aws, SessionGrant};
 use crate::cli::{AwsArgs, ForwardArgs};
+use crate::front::report::{self, Failure};
+use crate::front::settings::{Mode, SessionSettings};
 use crate::front::target::{self, TargetSpec};
 use crate::os;
-use crate::proto::{SessionConfig, SessionKind};
-use crate::transport::{DriveError, Driver, DriverConfig, End, Local};
+use crate::proto::SessionKind;
+use crate::transport::{Driver, End, Local};
 
 /// Bytes per local read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -169,10 +171,7 @@ async fn serve(jobs: Vec<Job>) -> anyhow::Result<u8> {
             eprintln!("ssm-proxy: {}", ended(&end));
             0
         }
-        Some(Ok(Err(e))) => {
-            eprintln!("ssm-proxy: {}", one_line(&format!("{e:#}")));
-            exit_code(&e)
-        }
+        Some(Ok(Err(e))) => Failure::of(&e).report(),
         Some(Err(e)) => anyhow::bail!("forward task failed: {e}"),
     };
     // One forward ended: the others stop too, so scripts see the process go.
@@ -193,26 +192,13 @@ enum Job {
 /// The one line for a session that ended without an error.
 fn ended(end: &End) -> String {
     match end {
-        End::Closed => "the service closed the forwarding session (idle timeout, maximum \
+        End::Closed | End::Gone => {
+            "the service closed the forwarding session (idle timeout, maximum \
                         session duration or TerminateSession); start it again to continue"
-            .into(),
+                .into()
+        }
         other => format!("forwarding session ended ({other:?})"),
     }
-}
-
-/// The documented status of a failure: 69 unavailable, 77 denied, 1 otherwise.
-fn exit_code(err: &anyhow::Error) -> u8 {
-    err.chain()
-        .find_map(|e| {
-            e.downcast_ref::<AwsError>()
-                .map(AwsError::exit_code)
-                .or_else(|| e.downcast_ref::<DriveError>().map(DriveError::exit_code))
-        })
-        .unwrap_or(1)
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// One local listener and how to start the session that serves it.
@@ -256,19 +242,15 @@ impl Forward {
             }
         };
         let span = tracing::info_span!("session", id = %grant.session_id);
-        let config = DriverConfig {
-            resume_timeout: Duration::from_secs(self.resume_timeout),
-            target: self.target.clone(),
-            destination: self.destination.clone(),
-            session: SessionConfig {
-                hold_output: true,
-                ..Default::default()
-            },
-            ..Default::default()
+        let session_id = grant.session_id.clone();
+        let settings = SessionSettings::resuming(self.resume_timeout);
+        let config = settings.driver_config(Mode::Forward, &self.target, &self.destination);
+        let connect = Driver::connect(self.aws.clone(), grant, config);
+        let mut driver = match connect.instrument(span.clone()).await {
+            Ok(driver) => driver,
+            // Nothing is left running on the service (the session did start).
+            Err(e) => return Err(super::end_failed_session(&self.aws, &session_id, e.into()).await),
         };
-        let mut driver = Driver::connect(self.aws.clone(), grant, config)
-            .instrument(span.clone())
-            .await?;
         let (input_tx, input) = mpsc::channel(16);
         let (output, output_rx) = mpsc::channel::<Bytes>(16);
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -311,7 +293,10 @@ impl Forward {
             }
         };
         match outcome.context("session task panicked")? {
-            Ok(outcome) => Ok(outcome.end),
+            Ok(outcome) => {
+                report::session_end(&outcome.end, &session_id);
+                Ok(outcome.end)
+            }
             Err(e) => Err(e.into()),
         }
     }

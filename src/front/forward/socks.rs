@@ -18,6 +18,7 @@ use tracing::Instrument;
 use super::{Conn, Forward};
 use crate::aws::Aws;
 use crate::cli::ForwardSpec;
+use crate::front::report::Failure;
 use crate::os;
 use crate::transport::End;
 
@@ -113,7 +114,7 @@ pub async fn serve(
                     tracing::info!("starting a session");
                     match forward.session(None, rx, None, stop_rx, Some(IDLE)).await {
                         Ok(end) => tracing::info!(?end, "session over"),
-                        Err(e) => tracing::warn!("session for {dest} failed: {}", super::one_line(&format!("{e:#}"))),
+                        Err(e) => tracing::warn!("session for {dest} failed: {}", Failure::of(&e).line()),
                     }
                 }.instrument(span));
             }
