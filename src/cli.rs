@@ -274,18 +274,6 @@ pub struct ResumeArgs {
     pub reason: Option<String>,
 }
 
-impl Cli {
-    /// The `--max-rate` of whichever session mode runs.
-    pub fn max_rate(&self) -> Option<crate::proto::pacer::Rate> {
-        match &self.command {
-            None => self.resume.max_rate,
-            Some(Command::Shell(a)) => a.resume.max_rate,
-            Some(Command::Forward(a)) => a.resume.max_rate,
-            Some(_) => None,
-        }
-    }
-}
-
 /// A mistake in the arguments found after parsing; reported like clap's errors (exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

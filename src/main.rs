@@ -26,9 +26,6 @@ fn main() {
         std::process::exit(i32::from(failure.report()));
     }
     logging::init(&cli.log);
-    if let Some(rate) = cli.max_rate() {
-        ssm_proxy::transport::driver::set_max_rate(rate);
-    }
     let multi_thread = matches!(cli.command, Some(Command::Sim(_)));
     let runtime = if multi_thread {
         tokio::runtime::Builder::new_multi_thread()

@@ -93,6 +93,7 @@ pub fn driver_config(max_payload: usize, resume_timeout: u64, dead_after: u64) -
         resume_timeout: Duration::from_secs(resume_timeout),
         dead_after: Duration::from_secs(dead_after),
         max_payload,
+        ..SessionSettings::default()
     };
     settings.driver_config(Mode::Relay, "", "")
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::cli::{Cli, ResumeArgs, UsageError};
 use crate::os;
 use crate::proto::SessionConfig;
+use crate::proto::pacer::Rate;
 use crate::transport::DriverConfig;
 
 /// `--resume-timeout`'s variable.
@@ -17,7 +18,7 @@ pub const RESUME_TIMEOUT_ENV: &str = "SSM_PROXY_RESUME_TIMEOUT";
 pub const DEAD_AFTER_ENV: &str = "SSM_PROXY_DEAD_AFTER";
 
 /// What one session is allowed and expected to do, whatever the mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SessionSettings {
     /// How long to keep trying to resume a lost connection.
     pub resume_timeout: Duration,
@@ -25,6 +26,8 @@ pub struct SessionSettings {
     pub dead_after: Duration,
     /// Bytes per protocol message.
     pub max_payload: usize,
+    /// Upload rate limit (`--max-rate`), on top of what pause_publication teaches.
+    pub max_rate: Rate,
 }
 
 /// What the session's bytes are, which decides how its local side ends.
@@ -45,6 +48,7 @@ impl Default for SessionSettings {
             resume_timeout: Duration::from_secs(300),
             dead_after: Duration::from_secs(30),
             max_payload: 1024,
+            max_rate: Rate::default(),
         }
     }
 }
@@ -56,13 +60,17 @@ impl SessionSettings {
             resume_timeout: Duration::from_secs(cli.resume.resume_timeout),
             dead_after: Duration::from_secs(cli.dead_after),
             max_payload: cli.max_payload,
+            max_rate: cli.resume.max_rate.unwrap_or_default(),
         }
     }
 
     /// The settings of a mode whose command line has only `--resume-timeout` (`forward`,
     /// `shell`).
     pub fn from_resume(args: &ResumeArgs) -> Self {
-        Self::resuming(args.resume_timeout)
+        Self {
+            max_rate: args.max_rate.unwrap_or_default(),
+            ..Self::resuming(args.resume_timeout)
+        }
     }
 
     /// The defaults, resuming for `secs` seconds.
@@ -96,6 +104,7 @@ impl SessionSettings {
                 // Shell-type documents may run without a handshake: no ready deadline, input
                 // soon after the channel opens (§5.1).
                 no_handshake: mode == Mode::Shell,
+                max_rate: self.max_rate,
                 ..Default::default()
             },
             resume_timeout: self.resume_timeout,
@@ -157,6 +166,22 @@ mod tests {
         let c = tight.driver_config(Mode::Relay, "i-1", "");
         assert_eq!(c.dead_after, Duration::from_secs(1));
         assert_eq!(c.session.max_payload, 64 * 1024);
+    }
+
+    #[test]
+    fn max_rate_reaches_every_mode_from_its_flag() {
+        use clap::Parser;
+        let proxy = Cli::try_parse_from(["ssm-proxy", "--max-rate", "100", "i-1", "22"]).unwrap();
+        let c = SessionSettings::from_cli(&proxy).driver_config(Mode::Relay, "i-1", "");
+        assert_eq!(c.session.max_rate.messages, Some(100.0));
+        let args = ["ssm-proxy", "shell", "--max-rate", "512K", "i-1"];
+        let shell = Cli::try_parse_from(args).unwrap();
+        let Some(crate::cli::Command::Shell(a)) = &shell.command else {
+            panic!("shell")
+        };
+        let c = SessionSettings::from_resume(&a.resume).driver_config(Mode::Shell, "i-1", "");
+        assert_eq!(c.session.max_rate.bytes, Some(512.0 * 1024.0));
+        assert_eq!(SessionSettings::default().max_rate, Rate::default());
     }
 
     #[test]

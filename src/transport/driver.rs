@@ -17,7 +17,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::websocket::{self, Ws};
 use crate::aws::{Aws, AwsError, SessionGrant};
-use crate::proto::pacer::Rate;
 use crate::proto::payload::Size;
 use crate::proto::{Event, Session, SessionConfig, SessionError, SessionKind};
 
@@ -48,22 +47,10 @@ pub struct DriverConfig {
     pub destination: String,
 }
 
-/// The `--max-rate` of this process, set once by `main` (every mode's driver honours it without
-/// each front-end threading it through).
-static MAX_RATE: std::sync::OnceLock<Rate> = std::sync::OnceLock::new();
-
-/// Sets the upload rate limit every [`DriverConfig::default`] starts with.
-pub fn set_max_rate(rate: Rate) {
-    let _ = MAX_RATE.set(rate);
-}
-
 impl Default for DriverConfig {
     fn default() -> Self {
         Self {
-            session: SessionConfig {
-                max_rate: MAX_RATE.get().copied().unwrap_or_default(),
-                ..Default::default()
-            },
+            session: SessionConfig::default(),
             resume_timeout: Duration::from_secs(300),
             ping_interval: Duration::from_secs(10),
             dead_after: Duration::from_secs(30),
