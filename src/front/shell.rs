@@ -24,7 +24,7 @@ use crate::front::target::{self, TargetSpec};
 use crate::os;
 use crate::proto::SessionKind;
 use crate::proto::payload::Size;
-use crate::transport::{Driver, DriverConfig, End, Input, Local, Outcome, stdio};
+use crate::transport::{DriveError, Driver, DriverConfig, End, Input, Local, Outcome, stdio};
 
 /// The shell document (the account's Session Manager preferences, §1.2).
 pub const SHELL_DOCUMENT: &str = "SSM-SessionManagerRunShell";
@@ -169,19 +169,31 @@ pub async fn run_granted(
     resume_timeout: u64,
     signals: mpsc::Receiver<i32>,
 ) -> anyhow::Result<u8> {
-    let raw = plan.remote_tty && std::io::stdin().is_terminal();
     let config = DriverConfig {
         resume_timeout: Duration::from_secs(resume_timeout),
         target: target.to_owned(),
         ..Default::default()
     };
     let session_id = grant.session_id.clone();
+    let open = Driver::connect(aws.clone(), grant, config);
+    run_opened(aws, &session_id, target, open, plan, signals).await
+}
+
+/// [`run_granted`] over the data channel `open` yields: one being opened, or one already open
+/// whose handshake the session-manager-plugin entry has seen.
+pub async fn run_opened(
+    aws: Aws,
+    session_id: &str,
+    target: &str,
+    open: impl Future<Output = Result<Driver, DriveError>>,
+    plan: &Plan,
+    signals: mpsc::Receiver<i32>,
+) -> anyhow::Result<u8> {
+    let raw = plan.remote_tty && std::io::stdin().is_terminal();
     let span = tracing::info_span!("session", id = %session_id, %target);
     let result: anyhow::Result<Outcome> = async {
         tracing::info!(document = %plan.document, raw, "session started");
-        let mut driver = Driver::connect(aws.clone(), grant, config)
-            .await
-            .map_err(anyhow::Error::from)?;
+        let mut driver = open.await.map_err(anyhow::Error::from)?;
         // Raw from here to the end of this block, whatever way it ends.
         let terminal = match raw {
             true => Some(RawTerminal::enable()?),
@@ -220,8 +232,8 @@ pub async fn run_granted(
     .instrument(span)
     .await;
     match result {
-        Ok(outcome) => Ok(exit_status(&outcome, &session_id)),
-        Err(e) => Err(super::end_failed_session(&aws, &session_id, e).await),
+        Ok(outcome) => Ok(exit_status(&outcome, session_id)),
+        Err(e) => Err(super::end_failed_session(&aws, session_id, e).await),
     }
 }
 

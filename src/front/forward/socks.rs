@@ -111,7 +111,7 @@ pub async fn serve(
                 let span = tracing::info_span!("socks", %dest);
                 tasks.spawn(async move {
                     tracing::info!("starting a session");
-                    match forward.session(None, rx, None, stop_rx, Some(IDLE)).await {
+                    match forward.session(None, rx, stop_rx, Some(IDLE)).await {
                         Ok(end) => tracing::info!(?end, "session over"),
                         Err(e) => tracing::warn!("session for {dest} failed: {}", super::one_line(&format!("{e:#}"))),
                     }
