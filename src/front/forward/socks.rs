@@ -124,11 +124,10 @@ pub async fn serve(
 
 /// The session settings for one destination.
 fn forward_to(socks: &Socks, dest: &Destination) -> Forward {
-    let loopback = matches!(dest.host.as_str(), "localhost" | "127.0.0.1" | "::1");
     let spec = ForwardSpec {
         bind: String::new(),
         local_port: 0,
-        host: (!loopback).then(|| dest.host.clone()),
+        host: (!crate::cli::is_target_itself(&dest.host)).then(|| dest.host.clone()),
         remote_port: dest.port,
     };
     let (document, parameters) = spec.document(0);
