@@ -28,10 +28,10 @@ use crate::aws::{Aws, AwsOptions, SessionGrant};
 use crate::cli::UsageError;
 use crate::front::forward::{self, Forward};
 use crate::front::{ecs, proxy, shell};
+use crate::net::Net;
 use crate::os;
 use crate::proto::session::CLIENT_VERSION;
 use crate::proto::{SessionConfig, SessionKind};
-use crate::transport::websocket::{self, NetConfig};
 use crate::transport::{DriveError, Driver, DriverConfig, End, Local, Outcome};
 
 /// The name the AWS CLI runs.
@@ -216,17 +216,22 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
         .to_owned();
     let parameters = document_parameters(&request);
     let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    // A mistake in the proxy settings still ends the session the AWS CLI started, directly.
+    let (net, net_error) = match Net::from_env(None) {
+        Ok(net) => (net, None),
+        Err(e) => (Net::default(), Some(e)),
+    };
     let aws = Aws::load(&AwsOptions {
         profile: nonempty(&args.profile),
         region: nonempty(&args.region),
         // From ECS, argv[6] is the ECS endpoint: SSM calls go to the region's SSM endpoint.
         endpoint_url: args.endpoint.clone().filter(|_| !from_ecs),
         reason: None,
+        net,
     })
     .await?;
     let session_id = grant.session_id.clone();
-    // From here on, a failure must not leave the session the AWS CLI started running.
-    if let Err(e) = websocket::configure(NetConfig::default()) {
+    if let Some(e) = net_error {
         return Err(super::end_failed_session(&aws, &session_id, e).await);
     }
     let session = Handed {

@@ -209,7 +209,7 @@ impl Driver {
         mut config: DriverConfig,
     ) -> Result<Self, DriveError> {
         let client_id = uuid::Uuid::new_v4().to_string();
-        websocket::check_url(&grant.stream_url).map_err(DriveError::StreamUrl)?;
+        websocket::check_url(aws.net(), &grant.stream_url).map_err(DriveError::StreamUrl)?;
         let mut attempt = 0;
         let ws = loop {
             match websocket::open(&grant.stream_url, &grant.token, &client_id, &aws).await {
@@ -618,7 +618,8 @@ impl Driver {
             match self.aws.resume_session(&self.grant.session_id).await {
                 Ok(Some(grant)) => {
                     if !grant.stream_url.is_empty() {
-                        websocket::check_url(&grant.stream_url).map_err(DriveError::StreamUrl)?;
+                        websocket::check_url(self.aws.net(), &grant.stream_url)
+                            .map_err(DriveError::StreamUrl)?;
                         self.grant.stream_url = grant.stream_url;
                     }
                     self.grant.token = grant.token;
