@@ -9,11 +9,15 @@
 //! | 5 | the StartSession request JSON (`Target`, `DocumentName`, `Parameters`) |
 //! | 6 | the SSM endpoint URL |
 //!
-//! SSH documents run the same relay as proxy mode ([`proxy::relay`]), with ResumeSession and
-//! TerminateSession sent to the argv region, profile and endpoint. Unlike the official plugin,
-//! nothing is printed on stdout (it is ssh's byte stream) and failures exit non-zero.
-//! Port-forwarding documents run [`forward`]'s engines on the handed-over session, shell and
-//! command documents [`shell`]'s terminal handling (with the remote exit status as ours).
+//! As in the official plugin, the agent's handshake decides what the session is, not the
+//! document's name (custom documents, documents started without `--parameters`): a Port
+//! session without `type` runs the same relay as proxy mode ([`proxy::relay_opened`]), with
+//! ResumeSession and TerminateSession sent to the argv region, profile and endpoint; unlike the
+//! official plugin nothing is printed on stdout (it is ssh's byte stream). LocalPortForwarding
+//! runs [`forward`]'s engines on the handed-over session, listening on the Properties'
+//! `localPortNumber`; shells and commands run [`shell`]'s terminal handling (with a
+//! NonInteractiveCommands exit status as ours). A session the service ends, with or without a
+//! reason, exits 0 as the official plugin does; our own failures exit non-zero.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
