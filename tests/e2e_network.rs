@@ -8,7 +8,7 @@
 //! byte-exact, and `NO_PROXY` CIDR entries with a port exempt just that port.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,18 +116,7 @@ fn tunnel(mut client: TcpStream, connects: &Mutex<Vec<String>>, refuse: bool) {
     {
         return;
     }
-    let _ = client.set_read_timeout(None);
-    let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), upstream.try_clone()) else {
-        return;
-    };
-    let up = thread::spawn(move || {
-        let _ = std::io::copy(&mut c2, &mut u2);
-        let _ = u2.shutdown(Shutdown::Write);
-    });
-    let (mut client, mut upstream) = (client, upstream);
-    let _ = std::io::copy(&mut upstream, &mut client);
-    let _ = client.shutdown(Shutdown::Write);
-    let _ = up.join();
+    crate::support::socks::splice(client, upstream);
 }
 
 /// A self-signed certificate for `localhost` (CA:FALSE, so it is its own trust anchor).
@@ -233,6 +222,14 @@ impl TlsFront {
     }
 }
 
+/// The simulator's API address.
+fn api(sim: &Sim) -> SocketAddr {
+    sim.endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("api address")
+}
+
 fn gateway(sim: &Sim) -> SocketAddr {
     sim.service()
         .ws_base()
@@ -323,12 +320,7 @@ fn api_calls_tunnel_through_the_proxy_and_trust_the_bundle_too() {
         return;
     };
     let fx = Fixture::new();
-    let api: SocketAddr = fx
-        .sim
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("api address");
+    let api = api(&fx.sim);
     // The SSM API behind TLS with the private CA, as https://localhost:PORT.
     let front = TlsFront::start(&cert, api);
     let proxy = ConnectProxy::start(false);
@@ -438,12 +430,7 @@ fn scp_round_trip(fx: &Fixture, env: &[(String, String)], mib: u64, seed: u64) {
 #[test]
 fn socks5_proxy_in_the_environment_carries_api_calls_and_the_data_channel() {
     let fx = Fixture::new();
-    let api: SocketAddr = fx
-        .sim
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("api address");
+    let api = api(&fx.sim);
     let gw = gateway(&fx.sim);
     let socks = Socks5::start(Some(("ops", "s3cr:t")));
     // The data channel by name, so that socks5h and socks5 differ in what the proxy sees.
@@ -508,12 +495,7 @@ fn socks5_proxy_in_the_environment_carries_api_calls_and_the_data_channel() {
 #[test]
 fn no_proxy_cidr_with_a_port_exempts_only_that_port() {
     let fx = Fixture::new();
-    let api: SocketAddr = fx
-        .sim
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("api address");
+    let api = api(&fx.sim);
     let gw = gateway(&fx.sim);
     let socks = Socks5::start(None);
     let env = with(

@@ -232,16 +232,19 @@ fn aws_start_session_through_the_drop_in_forwards_ports() {
     let (dir, _) = plugin_dir();
     let out_dir = TempDir::new("plugin-pf");
     let stdout = out_dir.join("stdout");
-    let mut env = sim.env();
-    env.push(("PATH".into(), path_with(&dir)));
-    let mut cmd = Command::new("aws");
-    apply_env(&mut cmd, &env)
-        .args(["ssm", "start-session", "--target", TARGET])
-        .args(["--document-name", "AWS-StartPortForwardingSession"])
-        .arg("--parameters")
-        .arg(format!("portNumber={},localPortNumber=0", echo_server()))
-        .args(["--endpoint-url", &sim.endpoint(), "--region", "us-east-1"])
-        .stdout(std::fs::File::create(&stdout).expect("stdout file"));
+    let parameters = format!("portNumber={},localPortNumber=0", echo_server());
+    let mut cmd = aws_start_session(
+        &sim.env(),
+        &dir,
+        &sim.endpoint(),
+        &[
+            "--document-name",
+            "AWS-StartPortForwardingSession",
+            "--parameters",
+            &parameters,
+        ],
+    );
+    cmd.stdout(std::fs::File::create(&stdout).expect("stdout file"));
     let mut fwd = Forwarder::spawn(&mut cmd);
     for seed in 0..2 {
         let (sent, received) = echo_round_trip(fwd.connect(), 1 << 20, seed);
@@ -309,17 +312,8 @@ fn aws_start_session_through_the_drop_in_runs_commands_and_shells() {
     let (dir, _) = plugin_dir();
     let home = TempDir::new("plugin-shell");
     let mut env = sim.env();
-    env.push(("PATH".into(), path_with(&dir)));
     env.push(("HOME".into(), home.path().display().to_string()));
-    let aws = |extra: &[&str], stdin: Stdio| {
-        let mut cmd = Command::new("aws");
-        apply_env(&mut cmd, &env)
-            .args(["ssm", "start-session", "--target", TARGET])
-            .args(extra)
-            .args(["--endpoint-url", &sim.endpoint(), "--region", "us-east-1"])
-            .stdin(stdin);
-        run_with_timeout(&mut cmd, BOUND)
-    };
+    let aws = |extra: &[&str], stdin: Stdio| aws_session(&env, &dir, &sim.endpoint(), extra, stdin);
 
     let out = aws(
         &[
@@ -351,8 +345,25 @@ fn aws_start_session_through_the_drop_in_runs_commands_and_shells() {
     );
 }
 
-/// `aws ssm start-session` with `extra` arguments against `endpoint`, through the drop-in on
-/// PATH; stdin from `stdin`.
+/// `aws ssm start-session --target TARGET EXTRA… --endpoint-url ENDPOINT --region us-east-1`
+/// in `env`, with the drop-in in `plugin` first on PATH.
+fn aws_start_session(
+    env: &[(String, String)],
+    plugin: &TempDir,
+    endpoint: &str,
+    extra: &[&str],
+) -> Command {
+    let mut env = env.to_vec();
+    env.push(("PATH".into(), path_with(plugin)));
+    let mut cmd = Command::new("aws");
+    apply_env(&mut cmd, &env);
+    cmd.args(["ssm", "start-session", "--target", TARGET])
+        .args(extra)
+        .args(["--endpoint-url", endpoint, "--region", "us-east-1"]);
+    cmd
+}
+
+/// [`aws_start_session`] run to its end, stdin from `stdin`.
 fn aws_session(
     env: &[(String, String)],
     plugin: &TempDir,
@@ -360,15 +371,8 @@ fn aws_session(
     extra: &[&str],
     stdin: Stdio,
 ) -> Output {
-    let mut env = env.to_vec();
-    env.push(("PATH".into(), path_with(plugin)));
-    let mut cmd = Command::new("aws");
-    apply_env(&mut cmd, &env)
-        .args(["ssm", "start-session", "--target", TARGET])
-        .args(extra)
-        .args(["--endpoint-url", endpoint, "--region", "us-east-1"])
-        .stdin(stdin);
-    run_with_timeout(&mut cmd, BOUND)
+    let mut cmd = aws_start_session(env, plugin, endpoint, extra);
+    run_with_timeout(cmd.stdin(stdin), BOUND)
 }
 
 /// A simulator whose target serves its port 22 with a real sshd (on another local port), and
@@ -454,15 +458,13 @@ fn custom_forwarding_document_listens_where_its_properties_say() {
     })
     .expect("simulator");
     let (dir, _) = plugin_dir();
-    let mut env = sim.env();
-    env.push(("PATH".into(), path_with(&dir)));
-    let mut cmd = Command::new("aws");
-    apply_env(&mut cmd, &env)
-        .args(["ssm", "start-session", "--target", TARGET])
-        .args(["--document-name", "Corp-Forward"])
-        .args(["--endpoint-url", &sim.endpoint(), "--region", "us-east-1"])
-        .stdout(Stdio::null());
-    let mut fwd = Forwarder::spawn(&mut cmd);
+    let mut cmd = aws_start_session(
+        &sim.env(),
+        &dir,
+        &sim.endpoint(),
+        &["--document-name", "Corp-Forward"],
+    );
+    let mut fwd = Forwarder::spawn(cmd.stdout(Stdio::null()));
     assert_eq!(fwd.local_port, local, "{}", fwd.stderr_text());
     let (sent, received) = echo_round_trip(fwd.connect(), 1 << 20, 7);
     assert_eq!(sent, received);
@@ -571,17 +573,19 @@ fn idle_timeout_ends_the_drop_ins_forward_without_a_new_session() {
     })
     .expect("simulator");
     let (dir, _) = plugin_dir();
-    let mut env = sim.env();
-    env.push(("PATH".into(), path_with(&dir)));
-    let mut cmd = Command::new("aws");
-    apply_env(&mut cmd, &env)
-        .args(["ssm", "start-session", "--target", TARGET])
-        .args(["--document-name", "AWS-StartPortForwardingSession"])
-        .arg("--parameters")
-        .arg(format!("portNumber={},localPortNumber=0", echo_server()))
-        .args(["--endpoint-url", &sim.endpoint(), "--region", "us-east-1"])
-        .stdout(Stdio::null());
-    let mut fwd = Forwarder::spawn(&mut cmd);
+    let parameters = format!("portNumber={},localPortNumber=0", echo_server());
+    let mut cmd = aws_start_session(
+        &sim.env(),
+        &dir,
+        &sim.endpoint(),
+        &[
+            "--document-name",
+            "AWS-StartPortForwardingSession",
+            "--parameters",
+            &parameters,
+        ],
+    );
+    let mut fwd = Forwarder::spawn(cmd.stdout(Stdio::null()));
     let (sent, received) = echo_round_trip(fwd.connect(), 64 << 10, 3);
     assert_eq!(sent, received);
     let status =

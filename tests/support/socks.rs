@@ -103,6 +103,11 @@ fn serve(mut client: TcpStream, connects: &Mutex<Vec<String>>, auth: Option<&(St
     if client.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).is_err() {
         return;
     }
+    splice(client, upstream);
+}
+
+/// Relays both ways until both sides have ended (each end passed on as a write shutdown).
+pub fn splice(client: TcpStream, upstream: TcpStream) {
     let _ = client.set_read_timeout(None);
     let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), upstream.try_clone()) else {
         return;
