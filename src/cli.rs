@@ -368,7 +368,7 @@ pub struct CompletionsArgs {
   ssm-proxy forward i-0123456789abcdef0 -L 0:80 -L 127.0.0.1:9000:localhost:9000
   ssm-proxy forward i-0123456789abcdef0 -D 1080   # SOCKS5: curl --socks5-hostname 127.0.0.1:1080
 
-Each -L is its own session. Without HOST (or with localhost) the document is
+Each -L is its own session. Without HOST (or with localhost, 127.0.0.1, ::1) the document is
 AWS-StartPortForwardingSession, otherwise AWS-StartPortForwardingSessionToRemoteHost.
 LPORT 0 picks a free port. One line per forward is printed to stderr when it listens:
   listening on 127.0.0.1:PORT -> TARGET HOST:RPORT")]
@@ -410,6 +410,16 @@ pub fn parse_dynamic(s: &str) -> Result<(String, u16), String> {
         .map_err(|_| format!("expected [BIND:]PORT, got {s:?}"))?;
     let bind = if bind.is_empty() { "127.0.0.1" } else { bind };
     Ok((bind.to_owned(), port))
+}
+
+/// Whether a forward's HOST names the target itself: then the document is
+/// AWS-StartPortForwardingSession, since agents from 3.3.4851 refuse ToRemoteHost to loopback
+/// (protocol.md §16.2).
+pub fn is_target_itself(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.trim_end_matches('.').eq_ignore_ascii_case("localhost")
+        || host == "127.0.0.1"
+        || host == "::1"
 }
 
 /// One `-L` specification.
@@ -461,7 +471,7 @@ impl ForwardSpec {
                 .to_owned(),
             local_port: port(lport, true)?,
             host: host
-                .filter(|h| !h.is_empty() && *h != "localhost")
+                .filter(|h| !h.is_empty() && !is_target_itself(h))
                 .map(str::to_owned),
             remote_port: port(rport, false)?,
         })
@@ -510,6 +520,11 @@ mod tests {
         );
         assert!(f("80").is_err() && f("a:b").is_err() && f("1:0").is_err());
         assert_eq!(f("[::1]:0:80"), Ok(("::1".into(), 0, None, 80)));
+        // Loopback is the target itself: never ToRemoteHost.
+        assert_eq!(f("0:127.0.0.1:80"), Ok(("127.0.0.1".into(), 0, None, 80)));
+        assert_eq!(f("0:LOCALHOST:80"), Ok(("127.0.0.1".into(), 0, None, 80)));
+        assert!(super::is_target_itself("[::1]") && super::is_target_itself("localhost."));
+        assert!(!super::is_target_itself("127.0.0.2") && !super::is_target_itself("db"));
         assert_eq!(
             f("[::]:5432:db:5432"),
             Ok(("::".into(), 5432, Some("db".into()), 5432))

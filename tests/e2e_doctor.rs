@@ -88,14 +88,14 @@ fn broken_pieces_fail_with_their_fix() {
         &[],
         &[
             ("SSM_PROXY_SSMMESSAGES_ENDPOINT", "ws://127.0.0.1:1"),
-            ("HTTPS_PROXY", "socks5://127.0.0.1:1080"),
+            ("HTTPS_PROXY", "socks4://127.0.0.1:1080"),
         ],
         &[],
     );
     assert_eq!(out.status.code(), Some(1), "{text}");
     let l = line(&text, "data channel");
     assert!(l.starts_with("FAIL") && l.contains("127.0.0.1:1"), "{l}");
-    let l = line(&text, "HTTPS proxy");
+    let l = line(&text, "network settings");
     assert!(l.starts_with("FAIL") && l.contains("not supported"), "{l}");
 
     let started = Instant::now();

@@ -226,3 +226,49 @@ fn ecs_failures_are_one_line_each() {
     assert!(stderr.contains("allow ssm:StartSession"), "{stderr}");
     assert_eq!(sim.stats().started, 0);
 }
+
+/// Why `aws ecs execute-command --command 'sh -c "exit 5"'` cannot exit 5: ECS Exec runs the
+/// InteractiveCommands plugin, and the real agent code (realagent's default is container mode,
+/// as in an ECS task: the command is exec'd without a shell) never sends an exit status for it.
+/// It logs the status and reports success; only NonInteractiveCommands sends `EXIT_CODE`.
+/// docs/ecs.md has the source references. If an agent ever starts sending one, this fails and
+/// the drop-in and `shell ecs:` can pass it on.
+#[test]
+fn the_real_agent_sends_no_exit_status_for_interactive_commands() {
+    let agent = crate::support::realagent::RealAgent::start(&[]);
+    let home = TempDir::new("ecs-realagent");
+    let mut env = agent.env();
+    env.push(("HOME".into(), home.path().display().to_string()));
+    let out = proxy_run(
+        &env,
+        &[
+            "shell",
+            "-t",
+            "i-0123456789abcdef0",
+            "--",
+            "sh",
+            "-c",
+            "echo from-pty; exit 5",
+        ],
+        BOUND,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("from-pty"),
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let sessions = agent.sessions();
+    let session = &sessions[0];
+    assert_eq!(session["Plugin"], "InteractiveCommands", "{sessions:#}");
+    let by_type = session["Agent"]["by_type"].to_string();
+    assert!(!by_type.contains("ExitCode"), "{by_type}");
+    assert!(
+        wait_until(10, || {
+            agent.sessions()[0]["AgentWarnErrorLines"]
+                .to_string()
+                .contains("exit status 5")
+        }),
+        "the agent did not see the status: {:#}",
+        agent.sessions()
+    );
+}

@@ -3,10 +3,12 @@
 //! and the simulator's gateway: the data channel goes `wss://localhost:PORT` (the
 //! `--ssmmessages-endpoint` override) through `HTTPS_PROXY`, trusting `AWS_CA_BUNDLE`;
 //! `NO_PROXY` bypasses the proxy; the SDK's API calls take the same proxy and bundle; a refusing
-//! proxy and bad settings fail in one line.
+//! proxy and bad settings fail in one line. A SOCKS5 proxy in the environment (`ALL_PROXY`,
+//! `socks5://` and `socks5h://`) carries API calls and the data channel of an ssh session
+//! byte-exact, and `NO_PROXY` CIDR entries with a port exempt just that port.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +18,10 @@ use std::time::{Duration, Instant};
 
 use ssm_proxy::sim::{Sim, SimConfig};
 
+use crate::support::socks::Socks5;
 use crate::support::{
-    Fixture, TARGET, TempDir, one_line_failure, proxy_command, proxy_run, require, run_with_timeout,
+    Fixture, TARGET, TempDir, one_line_failure, proxy_bin, proxy_command, proxy_run, require,
+    run_ok, run_with_timeout, sha256_file, write_random_file,
 };
 
 const SSH_BOUND: u64 = 30;
@@ -112,18 +116,7 @@ fn tunnel(mut client: TcpStream, connects: &Mutex<Vec<String>>, refuse: bool) {
     {
         return;
     }
-    let _ = client.set_read_timeout(None);
-    let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), upstream.try_clone()) else {
-        return;
-    };
-    let up = thread::spawn(move || {
-        let _ = std::io::copy(&mut c2, &mut u2);
-        let _ = u2.shutdown(Shutdown::Write);
-    });
-    let (mut client, mut upstream) = (client, upstream);
-    let _ = std::io::copy(&mut upstream, &mut client);
-    let _ = client.shutdown(Shutdown::Write);
-    let _ = up.join();
+    crate::support::socks::splice(client, upstream);
 }
 
 /// A self-signed certificate for `localhost` (CA:FALSE, so it is its own trust anchor).
@@ -229,6 +222,14 @@ impl TlsFront {
     }
 }
 
+/// The simulator's API address.
+fn api(sim: &Sim) -> SocketAddr {
+    sim.endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("api address")
+}
+
 fn gateway(sim: &Sim) -> SocketAddr {
     sim.service()
         .ws_base()
@@ -319,12 +320,7 @@ fn api_calls_tunnel_through_the_proxy_and_trust_the_bundle_too() {
         return;
     };
     let fx = Fixture::new();
-    let api: SocketAddr = fx
-        .sim
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("api address");
+    let api = api(&fx.sim);
     // The SSM API behind TLS with the private CA, as https://localhost:PORT.
     let front = TlsFront::start(&cert, api);
     let proxy = ConnectProxy::start(false);
@@ -392,7 +388,7 @@ fn bad_network_settings_fail_before_any_session() {
             want: "AWS_CA_BUNDLE=/nonexistent/ca.pem could not be read",
         },
         Case {
-            env: &[("HTTPS_PROXY", "socks5://127.0.0.1:1080")],
+            env: &[("HTTPS_PROXY", "socks4://127.0.0.1:1080")],
             flags: &[],
             want: "HTTPS_PROXY is not a usable proxy URL",
         },
@@ -412,4 +408,116 @@ fn bad_network_settings_fail_before_any_session() {
         assert!(line.contains(case.want), "want {:?} in {line}", case.want);
     }
     assert_eq!(sim.stats().started, 0);
+}
+
+/// `scp` up and down `mib` MiB through ssm-proxy in `env`; both copies must match.
+fn scp_round_trip(fx: &Fixture, env: &[(String, String)], mib: u64, seed: u64) {
+    let local = TempDir::new("socks-scp");
+    let src = local.join("src.bin");
+    let digest = write_random_file(&src, mib << 20, seed);
+    let remote = fx.sshd.dir().join(format!("socks-{seed}.bin"));
+    let scp = || fx.sshd.scp_cmd(proxy_bin(), env);
+    run_ok(scp().arg(&src).arg(fx.sshd.remote(&remote)), 120);
+    assert_eq!(sha256_file(&remote), digest, "upload corrupted");
+    let down = local.join("down.bin");
+    run_ok(scp().arg(fx.sshd.remote(&remote)).arg(&down), 120);
+    assert_eq!(sha256_file(&down), digest, "download corrupted");
+}
+
+/// `ALL_PROXY=socks5h://user:pass@…`: StartSession/TerminateSession and the data channel all go
+/// through the SOCKS5 proxy, names resolved by the proxy; an scp carries 4 MiB each way
+/// byte-exact. With `socks5://` the name is resolved here and the proxy gets an address.
+#[test]
+fn socks5_proxy_in_the_environment_carries_api_calls_and_the_data_channel() {
+    let fx = Fixture::new();
+    let api = api(&fx.sim);
+    let gw = gateway(&fx.sim);
+    let socks = Socks5::start(Some(("ops", "s3cr:t")));
+    // The data channel by name, so that socks5h and socks5 differ in what the proxy sees.
+    let by_name = format!("ws://localhost:{}", gw.port());
+    let env = with(
+        &fx.env(),
+        &[
+            (
+                "ALL_PROXY",
+                &format!("socks5h://ops:s3cr%3At@{}", socks.addr),
+            ),
+            ("SSM_PROXY_SSMMESSAGES_ENDPOINT", &by_name),
+        ],
+    );
+    scp_round_trip(&fx, &env, 4, 31);
+    let connects = socks.connects();
+    let api_seen = connects.iter().filter(|c| **c == api.to_string()).count();
+    let gw_seen = connects
+        .iter()
+        .filter(|c| **c == format!("localhost:{}", gw.port()))
+        .count();
+    // Two scp runs: each a StartSession, a data channel and a TerminateSession (at least).
+    assert!(api_seen >= 2 && gw_seen >= 2, "{connects:?}");
+    assert_eq!(api_seen + gw_seen, connects.len(), "{connects:?}");
+    fx.assert_no_sessions();
+
+    // socks5:// resolves here: the proxy is asked for 127.0.0.1, never for the name.
+    let before = socks.connects().len();
+    let local_dns = with(
+        &env,
+        &[(
+            "ALL_PROXY",
+            &format!("socks5://ops:s3cr%3At@{}", socks.addr),
+        )],
+    );
+    ssh_echo_ok(&fx, "", &local_dns);
+    let later = socks.connects()[before..].to_vec();
+    assert!(
+        later.contains(&format!("127.0.0.1:{}", gw.port())),
+        "{later:?}"
+    );
+    assert!(
+        !later.iter().any(|c| c.starts_with("localhost")),
+        "{later:?}"
+    );
+
+    // A wrong password fails in one line, naming the proxy without the credentials.
+    let wrong = with(
+        &env,
+        &[("ALL_PROXY", &format!("socks5h://ops:nope@{}", socks.addr))],
+    );
+    let out = proxy_run(&wrong, &[TARGET, "22"], 30);
+    let line = one_line_failure(&out);
+    assert!(line.contains("SOCKS5 proxy socks5h://***@"), "{line}");
+    assert!(!line.contains("nope"), "{line}");
+    fx.assert_no_sessions();
+}
+
+/// `NO_PROXY` with a CIDR block and a port exempts exactly that port, on both paths: the API
+/// calls (to that port) go direct, the data channel (another port, same address) through the
+/// proxy.
+#[test]
+fn no_proxy_cidr_with_a_port_exempts_only_that_port() {
+    let fx = Fixture::new();
+    let api = api(&fx.sim);
+    let gw = gateway(&fx.sim);
+    let socks = Socks5::start(None);
+    let env = with(
+        &fx.env(),
+        &[
+            ("ALL_PROXY", &format!("socks5://{}", socks.addr)),
+            (
+                "NO_PROXY",
+                &format!("example.com, 127.0.0.0/8:{}", api.port()),
+            ),
+        ],
+    );
+    ssh_echo_ok(&fx, "", &env);
+    assert_eq!(socks.connects(), vec![gw.to_string()]);
+
+    // The other way round: the data channel exempt, the API calls proxied.
+    let env = with(&env, &[("NO_PROXY", &format!("127.0.0.0/8:{}", gw.port()))]);
+    ssh_echo_ok(&fx, "", &env);
+    let connects = socks.connects();
+    assert!(
+        connects.len() >= 2 && connects[1..].iter().all(|c| *c == api.to_string()),
+        "{connects:?}"
+    );
+    fx.assert_no_sessions();
 }

@@ -62,7 +62,13 @@ fn aws_start_session_through_the_drop_in_serves_ssh() {
     cmd.arg("echo ok; echo err >&2");
     let out = run_ok(&mut cmd, 60);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
-    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "err");
+    // The official end-of-session line may still reach ssh's stderr before ssh exits.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let remote: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("Exiting session with sessionId: "))
+        .collect();
+    assert_eq!(remote, ["err"], "{stderr}");
     assert_eq!(fx.sim.stats().started, 1);
     fx.assert_no_sessions();
 }
@@ -266,16 +272,19 @@ fn aws_start_session_through_the_drop_in_forwards_ports() {
     let (dir, _) = plugin_dir();
     let out_dir = TempDir::new("plugin-pf");
     let stdout = out_dir.join("stdout");
-    let mut env = sim.env();
-    env.push(("PATH".into(), path_with(&dir)));
-    let mut cmd = Command::new("aws");
-    apply_env(&mut cmd, &env)
-        .args(["ssm", "start-session", "--target", TARGET])
-        .args(["--document-name", "AWS-StartPortForwardingSession"])
-        .arg("--parameters")
-        .arg(format!("portNumber={},localPortNumber=0", echo_server()))
-        .args(["--endpoint-url", &sim.endpoint(), "--region", "us-east-1"])
-        .stdout(std::fs::File::create(&stdout).expect("stdout file"));
+    let parameters = format!("portNumber={},localPortNumber=0", echo_server());
+    let mut cmd = aws_start_session(
+        &sim.env(),
+        &dir,
+        &sim.endpoint(),
+        &[
+            "--document-name",
+            "AWS-StartPortForwardingSession",
+            "--parameters",
+            &parameters,
+        ],
+    );
+    cmd.stdout(std::fs::File::create(&stdout).expect("stdout file"));
     let mut fwd = Forwarder::spawn(&mut cmd);
     for seed in 0..2 {
         let (sent, received) = echo_round_trip(fwd.connect(), 1 << 20, seed);
@@ -343,17 +352,8 @@ fn aws_start_session_through_the_drop_in_runs_commands_and_shells() {
     let (dir, _) = plugin_dir();
     let home = TempDir::new("plugin-shell");
     let mut env = sim.env();
-    env.push(("PATH".into(), path_with(&dir)));
     env.push(("HOME".into(), home.path().display().to_string()));
-    let aws = |extra: &[&str], stdin: Stdio| {
-        let mut cmd = Command::new("aws");
-        apply_env(&mut cmd, &env)
-            .args(["ssm", "start-session", "--target", TARGET])
-            .args(extra)
-            .args(["--endpoint-url", &sim.endpoint(), "--region", "us-east-1"])
-            .stdin(stdin);
-        run_with_timeout(&mut cmd, BOUND)
-    };
+    let aws = |extra: &[&str], stdin: Stdio| aws_session(&env, &dir, &sim.endpoint(), extra, stdin);
 
     let out = aws(
         &[
@@ -382,5 +382,348 @@ fn aws_start_session_through_the_drop_in_runs_commands_and_shells() {
     assert!(
         wait_until(10, || sim.active_sessions() == 0),
         "session left on the service"
+    );
+}
+
+/// `aws ssm start-session --target TARGET EXTRA… --endpoint-url ENDPOINT --region us-east-1`
+/// in `env`, with the drop-in in `plugin` first on PATH.
+fn aws_start_session(
+    env: &[(String, String)],
+    plugin: &TempDir,
+    endpoint: &str,
+    extra: &[&str],
+) -> Command {
+    let mut env = env.to_vec();
+    env.push(("PATH".into(), path_with(plugin)));
+    let mut cmd = Command::new("aws");
+    apply_env(&mut cmd, &env);
+    cmd.args(["ssm", "start-session", "--target", TARGET])
+        .args(extra)
+        .args(["--endpoint-url", endpoint, "--region", "us-east-1"]);
+    cmd
+}
+
+/// [`aws_start_session`] run to its end, stdin from `stdin`.
+fn aws_session(
+    env: &[(String, String)],
+    plugin: &TempDir,
+    endpoint: &str,
+    extra: &[&str],
+    stdin: Stdio,
+) -> Output {
+    let mut cmd = aws_start_session(env, plugin, endpoint, extra);
+    run_with_timeout(cmd.stdin(stdin), BOUND)
+}
+
+/// A simulator whose target serves its port 22 with a real sshd (on another local port), and
+/// that knows `documents`.
+fn ssh_fixture(documents: Vec<(String, serde_json::Value)>) -> Fixture {
+    let sshd = crate::support::Sshd::start();
+    let sim = Sim::start(SimConfig {
+        target_ports: vec![(22, sshd.port())],
+        documents,
+        ..Default::default()
+    })
+    .expect("simulator");
+    Fixture {
+        sim,
+        sshd,
+        home: TempDir::new("plugin-home"),
+    }
+}
+
+/// `aws ssm start-session --document-name AWS-StartSSHSession` without `--parameters`: the
+/// service fills in the document's default port (22), and only the agent's handshake (Port,
+/// no `type`) says that this is an SSH byte stream. Also a custom SSH document whose request
+/// has no `portNumber` at all.
+#[test]
+fn ssh_documents_without_parameters_follow_the_handshake() {
+    if !aws_cli() {
+        return;
+    }
+    let corp_ssh = serde_json::json!({
+        "schemaVersion": "1.0",
+        "sessionType": "Port",
+        "parameters": {"portNumber": {"type": "String", "default": "22"}},
+        "properties": {"portNumber": "{{ portNumber }}"}
+    });
+    let fx = ssh_fixture(vec![("Corp-SSH".into(), corp_ssh)]);
+    let (dir, _) = plugin_dir();
+    let mut env = fx.env();
+    env.push(("PATH".into(), path_with(&dir)));
+    for document in ["AWS-StartSSHSession", "Corp-SSH"] {
+        let proxy = format!(
+            "aws ssm start-session --target %h --document-name {document} --endpoint-url {} \
+             --region us-east-1",
+            fx.sim.endpoint()
+        );
+        let mut cmd = fx.sshd.ssh_cmd_via(&proxy, TARGET, &env);
+        cmd.arg("echo ok");
+        let out = run_ok(&mut cmd, 60);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "ok",
+            "{document}"
+        );
+    }
+    assert_eq!(fx.sim.stats().started, 2);
+    fx.assert_no_sessions();
+}
+
+/// Custom port-forwarding document: `localPortNumber` comes from the handshake's Properties
+/// (the document's default here; the request carries no parameters).
+#[test]
+fn custom_forwarding_document_listens_where_its_properties_say() {
+    if !aws_cli() {
+        return;
+    }
+    let echo = echo_server();
+    let local = crate::support::sshd::free_port();
+    let doc = serde_json::json!({
+        "schemaVersion": "1.0",
+        "sessionType": "Port",
+        "parameters": {
+            "portNumber": {"type": "String", "default": echo.to_string()},
+            "localPortNumber": {"type": "String", "default": local.to_string()}
+        },
+        "properties": {
+            "portNumber": "{{ portNumber }}",
+            "type": "LocalPortForwarding",
+            "localPortNumber": "{{ localPortNumber }}"
+        }
+    });
+    let sim = Sim::start(SimConfig {
+        documents: vec![("Corp-Forward".into(), doc)],
+        ..Default::default()
+    })
+    .expect("simulator");
+    let (dir, _) = plugin_dir();
+    let mut cmd = aws_start_session(
+        &sim.env(),
+        &dir,
+        &sim.endpoint(),
+        &["--document-name", "Corp-Forward"],
+    );
+    let mut fwd = Forwarder::spawn(cmd.stdout(Stdio::null()));
+    assert_eq!(fwd.local_port, local, "{}", fwd.stderr_text());
+    let (sent, received) = echo_round_trip(fwd.connect(), 1 << 20, 7);
+    assert_eq!(sent, received);
+    kill_group(fwd.pid(), "INT");
+    assert!(wait_bounded(&mut fwd.child.0, 10).is_some());
+    assert!(wait_until(10, || sim.active_sessions() == 0));
+}
+
+/// Custom shell and command documents of each session type run as what the agent says they
+/// are: Standard_Stream and InteractiveCommands on the terminal handling, NonInteractiveCommands
+/// on pipes with stderr apart.
+#[test]
+fn custom_shell_and_command_documents_run_as_their_session_type() {
+    if !aws_cli() {
+        return;
+    }
+    let command = |session_type: &str| {
+        serde_json::json!({
+            "schemaVersion": "1.0",
+            "sessionType": session_type,
+            "parameters": {"command": {"type": "String", "default": "echo from-$((6*7)); echo to-stderr >&2"}},
+            "properties": {"linux": {"commands": "{{ command }}", "separateOutputStream": "true"}}
+        })
+    };
+    let sim = Sim::start(SimConfig {
+        shell_output_delay: Duration::ZERO,
+        shell: Some("/bin/sh".into()),
+        documents: vec![
+            (
+                "Corp-Shell".into(),
+                serde_json::json!({"schemaVersion": "1.0", "sessionType": "Standard_Stream"}),
+            ),
+            ("Corp-Interactive".into(), command("InteractiveCommands")),
+            ("Corp-Command".into(), command("NonInteractiveCommands")),
+        ],
+        ..Default::default()
+    })
+    .expect("simulator");
+    let (dir, _) = plugin_dir();
+    let home = TempDir::new("plugin-custom");
+    let mut env = sim.env();
+    env.push(("HOME".into(), home.path().display().to_string()));
+    let script = home.join("in.sh");
+    std::fs::write(&script, "echo from-shell-$((6*7))\nexit\n").expect("script");
+    let stdin = || Stdio::from(std::fs::File::open(&script).expect("open"));
+    let endpoint = sim.endpoint();
+
+    let out = aws_session(
+        &env,
+        &dir,
+        &endpoint,
+        &["--document-name", "Corp-Shell"],
+        stdin(),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("from-shell-42"),
+        "{out:?}"
+    );
+
+    // On the remote pty, stderr is merged into the output.
+    let out = aws_session(
+        &env,
+        &dir,
+        &endpoint,
+        &["--document-name", "Corp-Interactive"],
+        Stdio::null(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("from-42") && stdout.contains("to-stderr"),
+        "{out:?}"
+    );
+
+    let out = aws_session(
+        &env,
+        &dir,
+        &endpoint,
+        &["--document-name", "Corp-Command"],
+        Stdio::null(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("from-42"), "{out:?}");
+    assert!(
+        !stdout.contains("to-stderr"),
+        "stderr mixed into stdout: {out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("to-stderr"),
+        "{out:?}"
+    );
+    assert!(wait_until(10, || sim.active_sessions() == 0));
+}
+
+/// The drop-in's port forwarding ends when the service ends the session (idle timeout): status
+/// 0 and the official line, and no new session started behind the administrator's back.
+#[test]
+fn idle_timeout_ends_the_drop_ins_forward_without_a_new_session() {
+    if !aws_cli() {
+        return;
+    }
+    let sim = Sim::start(SimConfig {
+        idle_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    })
+    .expect("simulator");
+    let (dir, _) = plugin_dir();
+    let parameters = format!("portNumber={},localPortNumber=0", echo_server());
+    let mut cmd = aws_start_session(
+        &sim.env(),
+        &dir,
+        &sim.endpoint(),
+        &[
+            "--document-name",
+            "AWS-StartPortForwardingSession",
+            "--parameters",
+            &parameters,
+        ],
+    );
+    let mut fwd = Forwarder::spawn(cmd.stdout(Stdio::null()));
+    let (sent, received) = echo_round_trip(fwd.connect(), 64 << 10, 3);
+    assert_eq!(sent, received);
+    let status =
+        wait_bounded(&mut fwd.child.0, 20).expect("still forwarding after the idle timeout");
+    assert_eq!(status.code(), Some(0), "{}", fwd.stderr_text());
+    assert!(
+        fwd.stderr_text()
+            .contains("Exiting session with sessionId: "),
+        "{}",
+        fwd.stderr_text()
+    );
+    // Nothing listens any more, and the service saw one session only.
+    assert!(TcpStream::connect(("127.0.0.1", fwd.local_port)).is_err());
+    assert_eq!(sim.stats().started, 1, "{:?}", sim.stats());
+    assert_eq!(sim.active_sessions(), 0);
+}
+
+/// A `channel_closed` with a reason, as the official plugin shows it: `SessionId: ID : REASON`
+/// (on stderr: stdout is ssh's), status 0.
+#[test]
+fn channel_closed_with_a_reason_is_shown_and_ends_with_status_0() {
+    let placeholder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed = placeholder.local_addr().expect("addr").port();
+    drop(placeholder);
+    let sim = Sim::start(SimConfig::default()).expect("simulator");
+    let home = TempDir::new("plugin-closed");
+    let mut env = sim.env();
+    env.push(("HOME".into(), home.path().display().to_string()));
+    let request = format!(
+        "{{\"Target\": \"{TARGET}\", \"DocumentName\": \"AWS-StartSSHSession\", \
+         \"Parameters\": {{\"portNumber\": [\"{closed}\"]}}}}"
+    );
+    let response = start_session_raw(&sim.endpoint(), &request);
+    let id = serde_json::from_str::<serde_json::Value>(&response).expect("json")["SessionId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    env.push(("AWS_SSM_START_SESSION_RESPONSE".into(), response));
+    let out = run_handed_over(&env, &request, &sim.endpoint());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(
+        stderr.contains(&format!(
+            "SessionId: {id} : Unable to connect to specified port"
+        )),
+        "{stderr}"
+    );
+    assert!(wait_until(10, || sim.active_sessions() == 0));
+}
+
+/// Against the real agent code: what it sends for AWS-StartSSHSession without parameters (Port,
+/// Properties `{"portNumber": "22"}`, no `type`) makes the drop-in relay a byte stream. Port 22
+/// of this machine is served by the test (or by whatever SSH server already listens there).
+#[test]
+fn realagent_ssh_document_without_parameters_is_a_byte_stream() {
+    if !aws_cli() {
+        return;
+    }
+    let own = match std::net::TcpListener::bind("127.0.0.1:22") {
+        Ok(l) => Some(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
+        Err(e) => {
+            require(false, &format!("binding 127.0.0.1:22 ({e}): run as root"));
+            return;
+        }
+    };
+    if let Some(l) = own {
+        std::thread::spawn(move || {
+            for mut conn in l.incoming().flatten() {
+                let _ = conn.write_all(b"SSH-2.0-ssm-proxy-test\r\n");
+                let _ = conn.read_to_end(&mut Vec::new());
+            }
+        });
+    }
+    let agent = crate::support::realagent::RealAgent::start(&[]);
+    let (dir, _) = plugin_dir();
+    let home = TempDir::new("plugin-realagent");
+    let mut env = agent.env();
+    env.push(("HOME".into(), home.path().display().to_string()));
+    let out = aws_session(
+        &env,
+        &dir,
+        &agent.endpoint,
+        &["--document-name", "AWS-StartSSHSession"],
+        Stdio::null(),
+    );
+    assert!(
+        out.stdout.starts_with(b"SSH-2.0-"),
+        "no SSH banner on stdout: {out:?}"
+    );
+    assert!(out.status.success(), "{out:?}");
+    let sessions = agent.sessions();
+    let session = &sessions[0];
+    assert_eq!(session["Plugin"], "Port", "{sessions}");
+    assert_eq!(
+        session["Properties"],
+        serde_json::json!({"portNumber": "22"}),
+        "{sessions}"
     );
 }

@@ -1,35 +1,56 @@
-//! The HTTPS client of every SDK call: the SDK's default (hyper, rustls on aws-lc), plus what
-//! the default leaves off and the data channel honours too, so that API calls and websocket go
-//! the same way: `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` with `NO_PROXY` (HTTP CONNECT), and the
-//! extra CA certificates of `AWS_CA_BUNDLE`.
+//! The HTTPS client of every SDK call, following the run's [`Net`] like the data channel does.
+//!
+//! Without a proxy it is the SDK's default (hyper, rustls on aws-lc) trusting `AWS_CA_BUNDLE`
+//! beside the system's roots. With one, the SDK's own connector would know only HTTP proxies
+//! and a `NO_PROXY` without ports, so the connection is made by [`Net::connect`] (direct, HTTP
+//! CONNECT or SOCKS5, `NO_PROXY` with CIDR blocks and ports) and then carried by hyper with
+//! rustls, as the SDK's is: one routing decision for API calls and websocket alike.
 
-use std::sync::OnceLock;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use aws_sdk_ssm::config::SharedHttpClient;
-use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 use aws_smithy_http_client::{Builder, Connector};
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
 use base64::Engine;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use super::AwsError;
+use crate::net::Net;
 
 /// The client to give the SDK configuration and the credential providers.
-pub fn client() -> Result<SharedHttpClient, AwsError> {
+pub fn client(net: &Net) -> Result<SharedHttpClient, AwsError> {
+    if net.has_proxy() {
+        let tls = net
+            .tls_config()
+            .map_err(|e| AwsError::Other(format!("{e:#}")))?;
+        return Ok(SharedHttpClient::new(Proxied {
+            net: net.clone(),
+            tls: (*tls).clone(),
+        }));
+    }
     let mut trust = TrustStore::default();
-    if let Some(extra) = ca_bundle()? {
+    if let Some((_, extra)) = net.ca_bundle() {
         trust = trust.with_pem_certificate(pem(extra));
     }
     let tls = TlsContext::builder()
         .with_trust_store(trust)
         .build()
         .map_err(|e| AwsError::Other(format!("TLS set-up failed: {e}")))?;
-    let proxy = ProxyConfig::from_env();
     Ok(
         Builder::new().build_with_connector_fn(move |settings, components| {
             let mut connector = Connector::builder()
-                .proxy_config(proxy.clone())
                 .tls_provider(tls::Provider::Rustls(
                     tls::rustls_provider::CryptoMode::AwsLc,
                 ))
@@ -43,36 +64,118 @@ pub fn client() -> Result<SharedHttpClient, AwsError> {
     )
 }
 
-/// The certificates of `AWS_CA_BUNDLE` (a PEM file), trusted beside the system's by the SDK's
-/// calls and the data channel; `None` when it is unset. Only certificates rustls accepts as
-/// roots are kept (the SDK's trust store would panic on the others).
-pub fn ca_bundle() -> Result<Option<&'static [CertificateDer<'static>]>, AwsError> {
-    static BUNDLE: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    if let Some(certs) = BUNDLE.get() {
-        return Ok(Some(certs));
+/// The SDK's HTTP client when a proxy is configured.
+#[derive(Debug, Clone)]
+struct Proxied {
+    net: Net,
+    tls: rustls::ClientConfig,
+}
+
+impl HttpClient for Proxied {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        _components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        let dialer = Dialer {
+            net: self.net.clone(),
+            connect_timeout: settings.connect_timeout(),
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(self.tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(dialer);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(https);
+        SharedHttpConnector::new(ProxiedConnector { client })
     }
-    let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) else {
-        return Ok(None);
-    };
-    let shown = std::path::Path::new(&path).display().to_string();
-    let certs = CertificateDer::pem_file_iter(&path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            AwsError::Other(format!(
-                "AWS_CA_BUNDLE={shown} could not be read ({e}): point it at a PEM file of CA certificates"
-            ))
-        })?;
-    let mut store = rustls::RootCertStore::empty();
-    let usable: Vec<_> = certs
-        .into_iter()
-        .filter(|c| store.add(c.clone()).is_ok())
-        .collect();
-    if usable.is_empty() {
-        return Err(AwsError::Other(format!(
-            "AWS_CA_BUNDLE={shown} holds no usable certificate: point it at a PEM file of CA certificates"
-        )));
+}
+
+#[derive(Clone)]
+struct ProxiedConnector {
+    client: Client<hyper_rustls::HttpsConnector<Dialer>, SdkBody>,
+}
+
+impl std::fmt::Debug for ProxiedConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxiedConnector")
     }
-    Ok(Some(BUNDLE.get_or_init(|| usable)))
+}
+
+impl HttpConnector for ProxiedConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let request = match request.try_into_http1x() {
+            Ok(r) => r,
+            Err(e) => return HttpConnectorFuture::ready(Err(ConnectorError::user(e.into()))),
+        };
+        let call = self.client.request(request);
+        HttpConnectorFuture::new(async move {
+            match call.await {
+                Ok(response) => HttpResponse::try_from(response.map(SdkBody::from_body_1_x))
+                    .map_err(|e| ConnectorError::other(e.into(), None)),
+                // Connecting (proxy included) and I/O failures are retried like the SDK's own.
+                Err(e) if e.is_connect() => Err(ConnectorError::io(e.into())),
+                Err(e) => match std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<hyper::Error>())
+                {
+                    Some(h) if h.is_timeout() => Err(ConnectorError::timeout(e.into())),
+                    Some(h) if h.is_closed() || h.is_canceled() || h.is_incomplete_message() => {
+                        Err(ConnectorError::io(e.into()))
+                    }
+                    _ => Err(ConnectorError::other(e.into(), None)),
+                },
+            }
+        })
+    }
+}
+
+/// Opens the TCP connection of a request through [`Net::connect`].
+#[derive(Clone)]
+struct Dialer {
+    net: Net,
+    connect_timeout: Option<Duration>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for Dialer {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (net, limit) = (self.net.clone(), self.connect_timeout);
+        Box::pin(async move {
+            let tls = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+            let host = uri.host().ok_or("request URI without a host")?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+            let connect = net.connect(tls, host, port);
+            let tcp = match limit {
+                Some(limit) => tokio::time::timeout(limit, connect).await.map_err(|_| {
+                    format!("connecting to {host}:{port} timed out after {limit:?}")
+                })?,
+                None => connect.await,
+            };
+            // One part, causes in parentheses: the SDK's error line shows only what follows
+            // the last ": " of the chain, which would drop the proxy's name.
+            let tcp = tcp.map_err(|e| {
+                let mut text = e.to_string();
+                for cause in e.chain().skip(1) {
+                    text.push_str(&format!(" ({cause})"));
+                }
+                std::io::Error::other(text.replace(": ", " "))
+            })?;
+            Ok(TokioIo::new(tcp))
+        })
+    }
 }
 
 /// Certificates as one PEM text, the form the SDK's trust store takes.
@@ -93,6 +196,7 @@ fn pem(certs: &[CertificateDer<'_>]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
 
     #[test]
     fn pem_round_trips() {

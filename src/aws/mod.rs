@@ -13,7 +13,6 @@ mod inventory;
 mod kms;
 mod sign;
 
-pub use http::ca_bundle;
 pub use sign::{SERVICE as SIGNING_SERVICE, is_presigned, upgrade_headers};
 
 use std::collections::HashMap;
@@ -29,6 +28,8 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ssm::config::Region;
 use aws_sdk_ssm::config::retry::{RetryPartition, TokenBucket};
+
+use crate::net::Net;
 
 pub use ecs::EcsContainer;
 pub use error::AwsError;
@@ -50,6 +51,8 @@ pub struct AwsOptions {
     pub endpoint_url: Option<String>,
     /// `--reason`: StartSession's Reason, shown in the session history and CloudTrail.
     pub reason: Option<String>,
+    /// Proxies and trust roots, for the SDK's calls and the data channel alike.
+    pub net: Net,
 }
 
 /// What StartSession and ResumeSession hand out.
@@ -88,6 +91,8 @@ pub struct Aws {
     unterminated: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// Credentials that sign the data-channel upgrade (`sign.rs`).
     signing: sign::SigningCache,
+    /// The network settings the SDK's client uses, for the data channel.
+    net: Net,
 }
 
 /// Attempts per SSM call. Each `ssh` is its own process with one StartSession, so the SDK's
@@ -160,7 +165,7 @@ impl Aws {
             .read_timeout(Duration::from_millis(500))
             .max_attempts(1)
             .build();
-        let http = http::client()?;
+        let http = http::client(&opts.net)?;
         let mut chain = DefaultCredentialsChain::builder()
             .configure(ProviderConfig::default().with_http_client(http.clone()))
             .region(region.clone())
@@ -211,7 +216,13 @@ impl Aws {
             sdk,
             unterminated: Default::default(),
             signing: Default::default(),
+            net: opts.net.clone(),
         })
+    }
+
+    /// The network settings (proxies, trust roots, data-channel endpoint override).
+    pub fn net(&self) -> &Net {
+        &self.net
     }
 
     /// The resolved region.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::aws::{Aws, AwsError, AwsOptions};
 use crate::cli::{AwsArgs, DoctorArgs};
 use crate::front::target::{self, TargetSpec};
-use crate::transport::websocket::{self, NetConfig};
+use crate::net::{self, Net, ProxyKind};
+use crate::transport::websocket;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +46,13 @@ impl Report {
 /// Runs every check; returns 0 if all passed, 1 otherwise.
 pub async fn run(args: DoctorArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
     let mut r = Report { failed: 0 };
-    network_settings(&mut r, &aws_args);
+    let net = network_settings(&mut r, &aws_args);
     let opts = AwsOptions {
         profile: aws_args.profile.clone(),
         region: aws_args.region.clone(),
         endpoint_url: aws_args.endpoint_url.clone(),
         reason: None,
+        net,
     };
     let profile = opts
         .profile
@@ -107,35 +109,44 @@ pub async fn run(args: DoctorArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
     }
 }
 
-/// Proxy variables, CA bundle and the data-channel override.
-fn network_settings(r: &mut Report, aws_args: &AwsArgs) {
+/// Proxy variables, CA bundle and the data-channel override; returns the settings (the
+/// defaults when they are unusable, so that the other checks still run).
+fn network_settings(r: &mut Report, aws_args: &AwsArgs) -> Net {
+    let net = match Net::from_env(aws_args.ssmmessages_endpoint.clone()) {
+        Ok(net) => net,
+        Err(e) => {
+            r.line(Status::Fail, "network settings", &format!("{e:#}"));
+            return Net::default();
+        }
+    };
     for tls in [true, false] {
         let kind = if tls { "HTTPS proxy" } else { "HTTP proxy" };
-        match websocket::proxy_from_env(tls) {
-            Ok(Some((var, proxy))) => r.line(
-                Status::Info,
-                kind,
-                &format!("{var}={proxy} (used by the AWS SDK and the data channel, with CONNECT)"),
-            ),
-            Ok(None) => r.line(Status::Info, kind, "none"),
-            Err(e) => r.line(Status::Fail, kind, &format!("{e:#}")),
+        match net.proxy(tls) {
+            Some((var, proxy)) => {
+                let how = match proxy.kind {
+                    ProxyKind::Http => "with CONNECT",
+                    ProxyKind::Socks5 { .. } => "with SOCKS5",
+                };
+                r.line(
+                    Status::Info,
+                    kind,
+                    &format!("{var}={proxy} (used by the AWS SDK and the data channel, {how})"),
+                )
+            }
+            None => r.line(Status::Info, kind, "none"),
         }
     }
-    if let Ok(v) = std::env::var("NO_PROXY").or_else(|_| std::env::var("no_proxy")) {
-        r.line(Status::Info, "NO_PROXY", &v);
+    if !net.no_proxy_list().is_empty() {
+        r.line(Status::Info, "NO_PROXY", net.no_proxy_list());
     }
-    let config = NetConfig {
-        endpoint_override: aws_args.ssmmessages_endpoint.clone(),
-    };
-    if let Err(e) = websocket::configure(config) {
-        r.line(Status::Fail, "network settings", &format!("{e:#}"));
-    } else if let Ok(path) = std::env::var("AWS_CA_BUNDLE") {
+    if let Some((path, _)) = net.ca_bundle() {
         r.line(
             Status::Ok,
             "AWS_CA_BUNDLE",
-            &format!("{path} (trusted for the data channel, with the system roots)"),
+            &format!("{path} (trusted by the AWS SDK and the data channel, with the system roots)"),
         );
     }
+    net
 }
 
 /// Credentials, identity, the SSM endpoint, the target, the data channel.
@@ -225,7 +236,7 @@ async fn check_data_channel(r: &mut Report, aws: &Aws, aws_args: &AwsArgs) {
     let url = aws_args
         .ssmmessages_endpoint
         .clone()
-        .or_else(|| std::env::var(websocket::ENDPOINT_ENV).ok())
+        .or_else(|| std::env::var(net::ENDPOINT_ENV).ok())
         .unwrap_or_else(|| {
             let suffix = if aws.region().starts_with("cn-") {
                 "amazonaws.com.cn"
@@ -234,7 +245,7 @@ async fn check_data_channel(r: &mut Report, aws: &Aws, aws_args: &AwsArgs) {
             };
             format!("wss://ssmmessages.{}.{suffix}", aws.region())
         });
-    match websocket::probe(&url).await {
+    match websocket::probe(aws.net(), &url).await {
         Ok(what) => r.line(Status::Ok, "data channel", &what),
         Err(e) => r.line(
             Status::Fail,

@@ -16,20 +16,18 @@ pub mod wait;
 
 use crate::aws::{Aws, AwsOptions};
 use crate::cli::AwsArgs;
+use crate::net::Net;
 use crate::transport::DriveError;
-use crate::transport::websocket::{self, NetConfig};
 
 /// Applies the network flags and loads the SDK clients; returns them with the profile, which
 /// keys the target cache.
 pub async fn connect(args: &AwsArgs) -> anyhow::Result<(Aws, Option<String>)> {
-    websocket::configure(NetConfig {
-        endpoint_override: args.ssmmessages_endpoint.clone(),
-    })?;
     let opts = AwsOptions {
         profile: args.profile.clone(),
         region: args.region.clone(),
         endpoint_url: args.endpoint_url.clone(),
         reason: args.reason.clone(),
+        net: Net::from_env(args.ssmmessages_endpoint.clone())?,
     };
     Ok((Aws::load(&opts).await?, opts.profile))
 }

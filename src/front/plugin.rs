@@ -9,24 +9,34 @@
 //! | 5 | the StartSession request JSON (`Target`, `DocumentName`, `Parameters`) |
 //! | 6 | the SSM endpoint URL |
 //!
-//! SSH documents run the same relay as proxy mode ([`proxy::relay`]), with ResumeSession and
-//! TerminateSession sent to the argv region, profile and endpoint. Unlike the official plugin,
-//! nothing is printed on stdout (it is ssh's byte stream) and failures exit non-zero.
-//! Port-forwarding documents run [`forward`]'s engines on the handed-over session, shell and
-//! command documents [`shell`]'s terminal handling (with the remote exit status as ours).
+//! As in the official plugin, the agent's handshake decides what the session is, not the
+//! document's name (custom documents, documents started without `--parameters`): a Port
+//! session without `type` runs the same relay as proxy mode ([`proxy::relay_opened`]), with
+//! ResumeSession and TerminateSession sent to the argv region, profile and endpoint; unlike the
+//! official plugin nothing is printed on stdout (it is ssh's byte stream). LocalPortForwarding
+//! runs [`forward`]'s engines on the handed-over session, listening on the Properties'
+//! `localPortNumber`; shells and commands run [`shell`]'s terminal handling (with a
+//! NonInteractiveCommands exit status as ours). A session the service ends, with or without a
+//! reason, exits 0 as the official plugin does; our own failures exit non-zero.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 
 use serde_json::Value;
 
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
 use crate::aws::{Aws, AwsOptions, SessionGrant};
 use crate::cli::UsageError;
 use crate::front::forward::{self, Forward};
 use crate::front::{ecs, proxy, shell};
+use crate::net::Net;
 use crate::os;
 use crate::proto::session::CLIENT_VERSION;
-use crate::transport::websocket::{self, NetConfig};
+use crate::proto::{SessionConfig, SessionKind};
+use crate::transport::{DriveError, Driver, DriverConfig, End, Local, Outcome};
 
 /// The name the AWS CLI runs.
 pub const PLUGIN_NAME: &str = "session-manager-plugin";
@@ -205,92 +215,205 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
         .and_then(Value::as_str)
         .unwrap_or(match from_ecs {
             true => ecs::ECS_DOCUMENT,
-            false => "SSM-SessionManagerRunShell",
+            false => shell::SHELL_DOCUMENT,
         })
         .to_owned();
     let parameters = document_parameters(&request);
     let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    // A mistake in the proxy settings still ends the session the AWS CLI started, directly.
+    let (net, net_error) = match Net::from_env(None) {
+        Ok(net) => (net, None),
+        Err(e) => (Net::default(), Some(e)),
+    };
     let aws = Aws::load(&AwsOptions {
         profile: nonempty(&args.profile),
         region: nonempty(&args.region),
         // From ECS, argv[6] is the ECS endpoint: SSM calls go to the region's SSM endpoint.
         endpoint_url: args.endpoint.clone().filter(|_| !from_ecs),
         reason: None,
+        net,
     })
     .await?;
-    // From here on, a failure must not leave the session the AWS CLI started running.
-    if let Err(e) = websocket::configure(NetConfig::default()) {
-        return Err(super::end_failed_session(&aws, &grant.session_id, e).await);
+    let session_id = grant.session_id.clone();
+    if let Some(e) = net_error {
+        return Err(super::end_failed_session(&aws, &session_id, e).await);
     }
-    if document.contains("PortForwarding") || parameters.contains_key("localPortNumber") {
-        return port_forward(aws, grant, target, document, parameters).await;
-    }
-    if is_shell_document(&document) || !parameters.contains_key("portNumber") {
-        // The AWS CLI's default (no --document-name) is the account's shell document.
-        let plan = shell::Plan {
-            remote_tty: document != shell::COMMAND_DOCUMENT,
-            parameters,
-            document,
-        };
-        let signals = os::signals();
-        return shell::run_granted(aws, grant, &target, &plan, env_resume_timeout(), signals).await;
-    }
-    let config = proxy::driver_config(1024, env_resume_timeout(), 30);
-    // Re-enables SIGINT, which the AWS CLI set to ignored before starting us (§1.3).
-    let mut signals = os::signals();
-    proxy::relay(aws, grant, &target, config, &mut signals).await
-}
-
-/// Serves a port-forwarding document like the official plugin: listen on `localPortNumber`
-/// (0 or absent: any free port) and print where, on stdout as it does (scripts wait for
-/// "Waiting for connections..."; stdout is no byte stream here). A lost connection is resumed;
-/// a session the service ends (idle timeout, maximum duration, TerminateSession) ends this.
-async fn port_forward(
-    aws: Aws,
-    grant: SessionGrant,
-    target: String,
-    document: String,
-    mut parameters: HashMap<String, Vec<String>>,
-) -> anyhow::Result<u8> {
-    let param = |k: &str| parameters.get(k).and_then(|v| v.first()).cloned();
-    let destination = format!(
-        "{}:{}",
-        param("host").unwrap_or_else(|| "localhost".into()),
-        param("portNumber").unwrap_or_else(|| "80".into())
-    );
-    let listener = async {
-        let local_port = match param("localPortNumber").filter(|p| !p.is_empty()) {
-            None => 0,
-            Some(p) => p.parse::<u16>().map_err(|_| {
-                UsageError(format!(
-                    "localPortNumber {p:?} is not a port number: give 0-65535 in --parameters"
-                ))
-            })?,
-        };
-        forward::listen("127.0.0.1", local_port).await
-    };
-    let listener = match listener.await {
-        Ok(l) => l,
-        Err(e) => return Err(super::end_failed_session(&aws, &grant.session_id, e).await),
-    };
-    let port = listener.local_addr()?.port();
-    // Sessions started later must ask for the port actually bound.
-    parameters.insert("localPortNumber".into(), vec![port.to_string()]);
-    println!(
-        "\nStarting session with SessionId: {id}\nPort {port} opened for sessionId {id}.\n\
-         Waiting for connections...\n",
-        id = grant.session_id
-    );
-    let resume_timeout = env_resume_timeout();
-    let forward = Forward {
+    let session = Handed {
         aws,
+        session_id,
         target,
         document,
         parameters,
-        destination,
-        resume_timeout,
     };
-    forward::run_granted(forward, grant, listener).await
+    let result = session.run(grant).await;
+    // The official plugin ends every session with status 0, a reason from the service
+    // included (it prints "SessionId: ID : REASON"); on stderr here, stdout may be ssh's.
+    match result {
+        Err(e) => match e.downcast_ref::<DriveError>() {
+            Some(DriveError::ClosedWithError(why)) => {
+                eprintln!("SessionId: {} : {why}", session.session_id);
+                Ok(0)
+            }
+            _ => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+/// A session the AWS CLI started and handed over.
+struct Handed {
+    aws: Aws,
+    session_id: String,
+    target: String,
+    /// The document the AWS CLI asked for: for messages and the command plan; what runs is
+    /// what the agent's handshake says.
+    document: String,
+    parameters: HashMap<String, Vec<String>>,
+}
+
+impl Handed {
+    /// Opens the data channel, learns from the handshake what the session is (§8.1: the
+    /// SessionType action and its Properties, or a shell's first output when there is no
+    /// handshake), and serves it as that: an SSH byte stream on stdin/stdout, a shell or
+    /// command on the terminal, or port forwarding on `localPortNumber`. Custom documents and
+    /// documents started without `--parameters` work the same way.
+    async fn run(&self, grant: SessionGrant) -> anyhow::Result<u8> {
+        let config = DriverConfig {
+            resume_timeout: Duration::from_secs(env_resume_timeout()),
+            target: self.target.clone(),
+            // Port forwarding must not take output before a local connection exists, and
+            // whether this is port forwarding is known only after the handshake.
+            session: SessionConfig {
+                hold_output: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // Re-enables SIGINT, which the AWS CLI set to ignored before starting us (§1.3).
+        let mut signals = os::signals();
+        let opened = async {
+            let mut driver = Driver::connect(self.aws.clone(), grant, config).await?;
+            let ready = until_ready(&mut driver, &mut signals).await?;
+            Ok::<_, DriveError>((driver, ready))
+        };
+        let (mut driver, kind) = match opened.await {
+            Ok((driver, Ok(kind))) => (driver, kind),
+            // Over before it was ready: a signal, or the service closed it.
+            Ok((_, Err(outcome))) => {
+                return Ok(match outcome.end {
+                    End::Signal(sig) => os::signal_exit_code(sig),
+                    _ => 0,
+                });
+            }
+            Err(e) => {
+                return Err(super::end_failed_session(&self.aws, &self.session_id, e.into()).await);
+            }
+        };
+        let session_type = driver.session_type().cloned().unwrap_or_default();
+        tracing::info!(?kind, session_type = %session_type.session_type, properties = %session_type.properties, "the handshake decides the mode");
+        let (aws, id, target) = (self.aws.clone(), &self.session_id, &self.target);
+        match kind {
+            SessionKind::Stream => {
+                // ssh hanging up on us (SIGHUP) is an end like EOF, as in proxy mode.
+                driver.config_mut().hangup = Some(os::SIGHUP);
+                driver.open_output();
+                let opened = std::future::ready(Ok(driver));
+                proxy::relay_opened(aws, id, target, opened, &mut signals).await
+            }
+            SessionKind::Shell => {
+                driver.open_output();
+                let plan = shell::Plan {
+                    // Only NonInteractiveCommands runs without a pty; shells and interactive
+                    // commands without KMS send no handshake at all (agent `sessionplugin.go`).
+                    remote_tty: session_type.session_type != NON_INTERACTIVE,
+                    parameters: self.parameters.clone(),
+                    document: self.document.clone(),
+                };
+                let opened = std::future::ready(Ok(driver));
+                shell::run_opened(aws, id, target, opened, &plan, signals).await
+            }
+            SessionKind::Mux { .. } | SessionKind::Basic => {
+                drop(signals);
+                self.port_forward(driver, &session_type.properties).await
+            }
+        }
+    }
+
+    /// Serves port forwarding like the official plugin: listen on the Properties'
+    /// `localPortNumber` (absent or 0: any free port) and print where, on stdout as it does
+    /// (scripts wait for "Waiting for connections..."; stdout is no byte stream here). A lost
+    /// connection is resumed; a session the service ends (idle timeout, maximum duration,
+    /// TerminateSession) ends this, and no new session is started.
+    async fn port_forward(&self, mut driver: Driver, properties: &Value) -> anyhow::Result<u8> {
+        let property = |k: &str| match properties.get(k) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let destination = format!(
+            "{}:{}",
+            property("host").unwrap_or_else(|| "localhost".into()),
+            property("portNumber").unwrap_or_else(|| "80".into())
+        );
+        driver.config_mut().destination = destination.clone();
+        let listener = async {
+            let local_port = match property("localPortNumber").filter(|p| !p.is_empty()) {
+                None => 0,
+                Some(p) => p.parse::<u16>().map_err(|_| {
+                    UsageError(format!(
+                        "localPortNumber {p:?} is not a port number: give 0-65535 in --parameters"
+                    ))
+                })?,
+            };
+            forward::listen("127.0.0.1", local_port).await
+        };
+        let listener = match listener.await {
+            Ok(l) => l,
+            Err(e) => return Err(super::end_failed_session(&self.aws, &self.session_id, e).await),
+        };
+        let port = listener.local_addr()?.port();
+        println!(
+            "\nStarting session with SessionId: {id}\nPort {port} opened for sessionId {id}.\n\
+             Waiting for connections...\n",
+            id = self.session_id
+        );
+        let forward = Forward {
+            aws: self.aws.clone(),
+            target: self.target.clone(),
+            document: self.document.clone(),
+            parameters: self.parameters.clone(),
+            destination,
+            resume_timeout: env_resume_timeout(),
+        };
+        match forward::run_opened(forward, driver, listener).await? {
+            End::Signal(sig) => Ok(os::signal_exit_code(sig)),
+            // The driver has printed the official line ("Exiting session with sessionId").
+            _ => Ok(0),
+        }
+    }
+}
+
+/// The session type that runs a command on pipes rather than on a pty.
+const NON_INTERACTIVE: &str = "NonInteractiveCommands";
+
+/// Runs the session until the handshake (or a shell's first output) says what it is, with no
+/// local side yet: `hold_output` keeps the agent's output unacked meanwhile. `Err` carries the
+/// outcome of a session that ended first.
+async fn until_ready(
+    driver: &mut Driver,
+    signals: &mut mpsc::Receiver<i32>,
+) -> Result<Result<SessionKind, Outcome>, DriveError> {
+    // Both ends stay alive and unused: no input, and a reader that is never gone.
+    let (_input_tx, input) = mpsc::channel(1);
+    let (output, _output_rx) = mpsc::channel(1);
+    match driver
+        .run_kind(Local { input, output }, signals, |_| false)
+        .await
+    {
+        Err(kind) => Ok(Ok(kind)),
+        Ok(Ok(outcome)) => Ok(Err(outcome)),
+        Ok(Err(e)) => Err(e),
+    }
 }
 
 /// The request's `Parameters`: lists of strings as the AWS CLI sends them (single strings and
@@ -319,17 +442,6 @@ fn env_resume_timeout() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300)
-}
-
-/// Documents that open a shell or run a command rather than a port session.
-fn is_shell_document(document: &str) -> bool {
-    [
-        shell::SHELL_DOCUMENT,
-        shell::INTERACTIVE_DOCUMENT,
-        shell::COMMAND_DOCUMENT,
-        ecs::ECS_DOCUMENT,
-    ]
-    .contains(&document)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::front::settings::{Mode, SessionSettings};
 use crate::front::target::{self, Alias, TargetSpec};
 use crate::os;
 use crate::proto::SessionKind;
-use crate::transport::{Driver, DriverConfig, End, Outcome, stdio};
+use crate::transport::{DriveError, Driver, DriverConfig, End, Outcome, stdio};
 
 /// Public keys `--send-key` tries, in order, under `~/.ssh`.
 const DEFAULT_KEYS: [&str; 3] = ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"];
@@ -113,12 +113,23 @@ pub async fn relay(
         target: target.to_owned(),
         ..config
     };
+    let open = Driver::connect(aws.clone(), grant, config);
+    relay_opened(aws, &session_id, target, open, signals).await
+}
+
+/// [`relay`] over the data channel `open` yields: one being opened, or one already open whose
+/// handshake the session-manager-plugin entry has seen.
+pub async fn relay_opened(
+    aws: Aws,
+    session_id: &str,
+    target: &str,
+    open: impl Future<Output = Result<Driver, DriveError>>,
+    signals: &mut mpsc::Receiver<i32>,
+) -> anyhow::Result<u8> {
     let span = tracing::info_span!("session", id = %session_id, %target);
     let result: anyhow::Result<Outcome> = async {
         tracing::info!("session started");
-        let mut driver = Driver::connect(aws.clone(), grant, config)
-            .await
-            .map_err(anyhow::Error::from)?;
+        let mut driver = open.await.map_err(anyhow::Error::from)?;
         let (local, stdout_done) = stdio::local();
         // A port-forwarding document would mix smux frames into ssh's byte stream.
         let run = driver.run_kind(local, signals, |k| *k == SessionKind::Stream);
@@ -127,7 +138,7 @@ pub async fn relay(
             // Nobody reads what the session would deliver: end it now, not at stdin's EOF.
             () = os::stdout_closed() => {
                 tracing::info!("stdout closed; ending the session");
-                let terminated = aws.terminate_session(&session_id).await.is_ok();
+                let terminated = aws.terminate_session(session_id).await.is_ok();
                 Ok(Outcome { end: End::LocalGone, exit_code: None, terminated })
             }
         };
@@ -138,7 +149,7 @@ pub async fn relay(
             ..
         }) = &outcome
         {
-            report::session_end(end, &session_id);
+            report::session_end(end, session_id);
             stdout_done.wait(Duration::from_secs(30));
         }
         Ok(outcome?)
@@ -150,7 +161,7 @@ pub async fn relay(
             End::Signal(sig) => os::signal_exit_code(sig),
             _ => 0,
         }),
-        Err(e) => Err(super::end_failed_session(&aws, &session_id, e).await),
+        Err(e) => Err(super::end_failed_session(&aws, session_id, e).await),
     };
     super::settle(&aws, result).await
 }

@@ -26,7 +26,7 @@ use crate::front::target::{self, TargetSpec};
 use crate::os;
 use crate::proto::SessionKind;
 use crate::proto::payload::Size;
-use crate::transport::{Driver, End, Input, Local, Outcome, stdio};
+use crate::transport::{DriveError, Driver, End, Input, Local, Outcome, stdio};
 
 /// The shell document (the account's Session Manager preferences, §1.2).
 pub const SHELL_DOCUMENT: &str = "SSM-SessionManagerRunShell";
@@ -178,15 +178,27 @@ pub async fn run_session(
     settings: &SessionSettings,
     signals: mpsc::Receiver<i32>,
 ) -> anyhow::Result<u8> {
-    let raw = plan.remote_tty && std::io::stdin().is_terminal();
     let config = settings.driver_config(Mode::Shell, target, "");
     let session_id = grant.session_id.clone();
+    let open = Driver::connect(aws.clone(), grant, config);
+    run_opened(aws, &session_id, target, open, plan, signals).await
+}
+
+/// [`run_granted`] over the data channel `open` yields: one being opened, or one already open
+/// whose handshake the session-manager-plugin entry has seen.
+pub async fn run_opened(
+    aws: Aws,
+    session_id: &str,
+    target: &str,
+    open: impl Future<Output = Result<Driver, DriveError>>,
+    plan: &Plan,
+    signals: mpsc::Receiver<i32>,
+) -> anyhow::Result<u8> {
+    let raw = plan.remote_tty && std::io::stdin().is_terminal();
     let span = tracing::info_span!("session", id = %session_id, %target);
     let result: anyhow::Result<Outcome> = async {
         tracing::info!(document = %plan.document, raw, "session started");
-        let mut driver = Driver::connect(aws.clone(), grant, config)
-            .await
-            .map_err(anyhow::Error::from)?;
+        let mut driver = open.await.map_err(anyhow::Error::from)?;
         // Raw from here to the end of this block, whatever way it ends.
         let terminal = match raw {
             true => Some(RawTerminal::enable()?),
@@ -221,15 +233,15 @@ pub async fn run_session(
         stdout_done.wait(Duration::from_secs(5));
         drop(terminal);
         if let Ok(outcome) = &outcome {
-            report::session_end(&outcome.end, &session_id);
+            report::session_end(&outcome.end, session_id);
         }
         Ok(outcome?)
     }
     .instrument(span)
     .await;
     match result {
-        Ok(outcome) => Ok(exit_status(&outcome, &session_id)),
-        Err(e) => Err(super::end_failed_session(&aws, &session_id, e).await),
+        Ok(outcome) => Ok(exit_status(&outcome, session_id)),
+        Err(e) => Err(super::end_failed_session(&aws, session_id, e).await),
     }
 }
 

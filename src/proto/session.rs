@@ -20,7 +20,9 @@ use super::handshake::{self, SessionKind};
 use super::inbox::{Arrival, Inbox};
 use super::outbox::Outbox;
 use super::pacer::{Pacer, Rate};
-use super::payload::{Acknowledge, ChannelClosed, HandshakeComplete, HandshakeRequest, Size};
+use super::payload::{
+    Acknowledge, ChannelClosed, HandshakeComplete, HandshakeRequest, SessionTypeParams, Size,
+};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
@@ -221,6 +223,8 @@ pub struct Session {
     held: Option<Frame>,
     gate: Gate,
     pacer: Pacer,
+    /// The handshake's SessionType action: what the agent runs, with the document's properties.
+    session_type: Option<SessionTypeParams>,
 }
 
 impl Session {
@@ -246,6 +250,7 @@ impl Session {
             cipher: None,
             stats: Stats::default(),
             held: None,
+            session_type: None,
         }
     }
 
@@ -469,6 +474,11 @@ impl Session {
         req: &HandshakeRequest,
         kms_result: Option<serde_json::Value>,
     ) {
+        self.session_type = req
+            .requested_client_actions
+            .iter()
+            .find(|a| a.action_type == "SessionType")
+            .and_then(|a| serde_json::from_value(a.action_parameters.clone()).ok());
         let eval = handshake::evaluate(req, CLIENT_VERSION, kms_result);
         tracing::debug!(agent = %req.agent_version, kind = ?eval.kind, "handshake request");
         let body = serde_json::to_vec(&eval.response).unwrap_or_default();
@@ -729,6 +739,20 @@ impl Session {
     /// Whether KMS encryption is set up (§6).
     pub fn is_encrypted(&self) -> bool {
         self.cipher.is_some()
+    }
+
+    /// The mode, once the session is ready.
+    pub fn kind(&self) -> Option<SessionKind> {
+        match self.state {
+            State::Ready(kind) => Some(kind),
+            _ => None,
+        }
+    }
+
+    /// The agent's SessionType action (session type and document properties); `None` before
+    /// the handshake and for shells that have none (§5.1).
+    pub fn session_type(&self) -> Option<&SessionTypeParams> {
+        self.session_type.as_ref()
     }
 
     /// Whether the channel is over (closed by the service or failed).

@@ -175,7 +175,8 @@ async fn run_session(
     // (when the next pause starts, when the current one ends)
     let mut pause: (Option<Instant>, Option<Instant>) = (cfg.pauses.every.map(|e| start + e), None);
     let mut opened_once = false;
-    let mut targets = Targets::new(plan.properties.clone(), cfg.paced);
+    let mut targets =
+        Targets::new(plan.properties.clone(), cfg.paced).with_ports(cfg.target_ports.clone());
     let mut shell = plan.plugin.is_shell().then(|| {
         Shell::new(ShellSpec {
             plugin: plan.plugin,

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod documents;
 pub mod ecs;
 pub mod error;
 pub mod faults;
@@ -101,6 +102,11 @@ pub struct SimConfig {
     pub idle_timeout: Option<std::time::Duration>,
     /// The ECS tasks the fake ECS API knows (default: cluster `sim`, service `web`).
     pub ecs_tasks: Vec<SimTask>,
+    /// Custom Session documents by name (their JSON content, see `documents`).
+    pub documents: Vec<(String, serde_json::Value)>,
+    /// Ports of the simulated target that are served elsewhere on this machine, as
+    /// (target port, local port): e.g. its sshd on 22 is a test sshd on another port.
+    pub target_ports: Vec<(u16, u16)>,
 }
 
 impl Default for SimConfig {
@@ -134,6 +140,8 @@ impl Default for SimConfig {
             commands: vec!["*".to_owned()],
             idle_timeout: None,
             ecs_tasks: ecs::default_tasks(),
+            documents: Vec::new(),
+            target_ports: Vec::new(),
         }
     }
 }

@@ -245,6 +245,15 @@ impl Service {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
+        let custom = self
+            .config
+            .documents
+            .iter()
+            .find(|(name, _)| name == document);
+        if let Some((_, content)) = custom {
+            let (plugin, properties) = super::documents::resolve(content, &params)?;
+            return Ok(self.spawn(target, plugin, properties, "sim", reason));
+        }
         let plugin = match document {
             "SSM-SessionManagerRunShell" => Plugin::Shell,
             "AWS-StartInteractiveCommand" => Plugin::InteractiveCommands,

@@ -50,6 +50,8 @@ type Chunk = (u32, Option<Bytes>);
 pub struct Targets {
     properties: Value,
     paced: bool,
+    /// (target port, local port) for ports of the target served elsewhere.
+    ports: Vec<(u16, u16)>,
     mux: Option<Mux>,
     /// Id of the current single connection (a new one per dial, so stale events are ignored).
     single: u32,
@@ -70,6 +72,7 @@ impl Targets {
         Self {
             properties,
             paced,
+            ports: Vec::new(),
             mux: None,
             single: SINGLE,
             writers: HashMap::new(),
@@ -216,12 +219,22 @@ impl Targets {
         }
     }
 
+    /// Ports of the target that are served elsewhere on this machine (target, local).
+    pub fn with_ports(mut self, ports: Vec<(u16, u16)>) -> Self {
+        self.ports = ports;
+        self
+    }
+
     fn spawn_dial(&self, id: u32) {
         let port = self
             .properties
             .get("portNumber")
             .and_then(Value::as_str)
-            .and_then(|p| p.parse::<u16>().ok());
+            .and_then(|p| p.parse::<u16>().ok())
+            .map(|p| {
+                let mapped = self.ports.iter().find(|(on_target, _)| *on_target == p);
+                mapped.map_or(p, |(_, local)| *local)
+            });
         let host = match self.properties.get("host").and_then(Value::as_str) {
             None | Some("" | "localhost") => "127.0.0.1".to_owned(),
             Some(h) => h.to_owned(),

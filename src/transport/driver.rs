@@ -226,7 +226,7 @@ impl Driver {
         mut config: DriverConfig,
     ) -> Result<Self, DriveError> {
         let client_id = uuid::Uuid::new_v4().to_string();
-        websocket::check_url(&grant.stream_url).map_err(DriveError::StreamUrl)?;
+        websocket::check_url(aws.net(), &grant.stream_url).map_err(DriveError::StreamUrl)?;
         let mut attempt = 0;
         let ws = loop {
             match websocket::open(&grant.stream_url, &grant.token, &client_id, &aws).await {
@@ -273,14 +273,41 @@ impl Driver {
         &self.grant.session_id
     }
 
+    /// The session kind, once the handshake is over.
+    pub fn kind(&self) -> Option<SessionKind> {
+        self.session.kind()
+    }
+
+    /// The agent's SessionType action (session type, document properties), if it sent one.
+    pub fn session_type(&self) -> Option<&crate::proto::payload::SessionTypeParams> {
+        self.session.session_type()
+    }
+
+    /// Settings that may still change after the handshake (hangup, destination, timeouts).
+    pub fn config_mut(&mut self) -> &mut DriverConfig {
+        &mut self.config
+    }
+
+    /// Lets output through to the local side (a session started with `hold_output` whose kind
+    /// turned out not to be port forwarding).
+    pub fn open_output(&mut self) {
+        self.session.connected(Instant::now().into_std());
+    }
+
     /// Runs the session until it ends. `ready` learns the session kind when the handshake is
-    /// over; `signals` delivers signal numbers that should end the session.
+    /// over (at once if it already is); `signals` delivers signal numbers that should end the
+    /// session.
     pub async fn run(
         &mut self,
         local: Local,
-        ready: Option<oneshot::Sender<SessionKind>>,
+        mut ready: Option<oneshot::Sender<SessionKind>>,
         signals: &mut mpsc::Receiver<i32>,
     ) -> Result<Outcome, DriveError> {
+        if let Some(kind) = self.session.kind()
+            && let Some(tx) = ready.take()
+        {
+            let _ = tx.send(kind);
+        }
         let result = self.run_inner(local, ready, signals).await;
         tracing::info!(
             resumes = self.resumes,
@@ -609,7 +636,8 @@ impl Driver {
             match self.aws.resume_session(&self.grant.session_id).await {
                 Ok(Some(grant)) => {
                     if !grant.stream_url.is_empty() {
-                        websocket::check_url(&grant.stream_url).map_err(DriveError::StreamUrl)?;
+                        websocket::check_url(self.aws.net(), &grant.stream_url)
+                            .map_err(DriveError::StreamUrl)?;
                         self.grant.stream_url = grant.stream_url;
                     }
                     self.grant.token = grant.token;

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use super::websocket::Endpoint;
+use crate::net::Endpoint;
 
 /// Domains under which a message endpoint lives, per partition; dual-stack ones included.
 const DOMAINS: [&str; 9] = [

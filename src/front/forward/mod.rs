@@ -26,7 +26,7 @@ use tracing::Instrument;
 pub use conn::{Conn, Listener, LocalStream};
 pub use mux::BACKLOG;
 
-use crate::aws::{Aws, SessionGrant};
+use crate::aws::Aws;
 use crate::cli::{AwsArgs, ForwardArgs};
 use crate::front::report::{self, Failure};
 use crate::front::settings::{Mode, SessionSettings};
@@ -68,7 +68,7 @@ pub async fn run(args: ForwardArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
             destination: format!("{}:{}", spec.host_label(), spec.remote_port),
             resume_timeout: args.resume.resume_timeout,
         };
-        forwards.push(Job::Forward(Box::new(forward), listener, None));
+        forwards.push(Job::Forward(Box::new(forward), listener));
     }
     let status = serve(forwards).await;
     for path in sockets {
@@ -77,19 +77,36 @@ pub async fn run(args: ForwardArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
     status
 }
 
-/// Serves one forward whose session was started by someone else (the AWS CLI, for the
-/// session-manager-plugin entry).
-pub async fn run_granted(
+/// Serves one forward over a session someone else started and opened (the
+/// session-manager-plugin entry, which has seen the handshake), until a signal or the session's
+/// end; the caller decides what is printed and the exit status.
+pub async fn run_opened(
     forward: Forward,
-    grant: SessionGrant,
+    driver: Driver,
     listener: TcpListener,
-) -> anyhow::Result<u8> {
-    serve(vec![Job::Forward(
-        Box::new(forward),
-        Listener::Tcp(listener),
-        Some(grant),
-    )])
-    .await
+) -> anyhow::Result<End> {
+    let mut signals = os::signals();
+    let (stop_tx, stop_rx) = mpsc::channel(1);
+    let listener = Listener::Tcp(listener);
+    let label = listener.label();
+    let span = tracing::info_span!("session", id = %driver.session_id());
+    let session = forward.serve_driver(
+        Some(&label),
+        listener.spawn_accept(),
+        driver,
+        stop_rx,
+        None,
+        span,
+    );
+    tokio::pin!(session);
+    loop {
+        tokio::select! {
+            end = &mut session => return end,
+            sig = signals.recv() => {
+                let _ = stop_tx.try_send(sig.unwrap_or(os::SIGINT));
+            }
+        }
+    }
 }
 
 /// Binds a local TCP port, with an error that says what to do when it is taken.
@@ -128,17 +145,13 @@ async fn serve(jobs: Vec<Job>) -> anyhow::Result<u8> {
         let (stop_tx, stop_rx) = mpsc::channel(1);
         stops.push(stop_tx);
         match job {
-            Job::Forward(forward, listener, grant) => {
+            Job::Forward(forward, listener) => {
                 let label = listener.label();
                 let span = tracing::info_span!("forward", local = %label);
                 let conns = listener.spawn_accept();
                 tasks.spawn(
-                    async move {
-                        forward
-                            .session(Some(&label), conns, grant, stop_rx, None)
-                            .await
-                    }
-                    .instrument(span),
+                    async move { forward.session(Some(&label), conns, stop_rx, None).await }
+                        .instrument(span),
                 );
             }
             Job::Socks(socks, listener) => {
@@ -183,8 +196,8 @@ async fn serve(jobs: Vec<Job>) -> anyhow::Result<u8> {
 
 /// What one `-L` or `-D` serves.
 enum Job {
-    /// A forward, its listener, and its first session if someone else started it.
-    Forward(Box<Forward>, Listener, Option<SessionGrant>),
+    /// A forward and its listener.
+    Forward(Box<Forward>, Listener),
     /// A SOCKS5 server.
     Socks(Arc<socks::Socks>, Listener),
 }
@@ -224,33 +237,42 @@ impl Forward {
     async fn session(
         &self,
         label: Option<&str>,
-        mut conns: mpsc::Receiver<Conn>,
-        grant: Option<SessionGrant>,
+        conns: mpsc::Receiver<Conn>,
         mut stop: mpsc::Receiver<i32>,
         idle: Option<Duration>,
     ) -> anyhow::Result<End> {
-        let grant = match grant {
-            Some(g) => g,
-            None => {
-                let start =
-                    self.aws
-                        .start_session(&self.target, &self.document, self.parameters.clone());
-                tokio::select! {
-                    grant = start => grant?,
-                    sig = stop.recv() => return Ok(End::Signal(sig.unwrap_or(os::SIGINT))),
-                }
-            }
+        let start = self
+            .aws
+            .start_session(&self.target, &self.document, self.parameters.clone());
+        let grant = tokio::select! {
+            grant = start => grant?,
+            sig = stop.recv() => return Ok(End::Signal(sig.unwrap_or(os::SIGINT))),
         };
         let span = tracing::info_span!("session", id = %grant.session_id);
         let session_id = grant.session_id.clone();
         let settings = SessionSettings::resuming(self.resume_timeout);
         let config = settings.driver_config(Mode::Forward, &self.target, &self.destination);
         let connect = Driver::connect(self.aws.clone(), grant, config);
-        let mut driver = match connect.instrument(span.clone()).await {
+        let driver = match connect.instrument(span.clone()).await {
             Ok(driver) => driver,
             // Nothing is left running on the service (the session did start).
             Err(e) => return Err(super::end_failed_session(&self.aws, &session_id, e.into()).await),
         };
+        self.serve_driver(label, conns, driver, stop, idle, span)
+            .await
+    }
+
+    /// Runs an open session to its end, its engine serving `conns` once it is ready.
+    async fn serve_driver(
+        &self,
+        label: Option<&str>,
+        mut conns: mpsc::Receiver<Conn>,
+        mut driver: Driver,
+        mut stop: mpsc::Receiver<i32>,
+        idle: Option<Duration>,
+        span: tracing::Span,
+    ) -> anyhow::Result<End> {
+        let session_id = driver.session_id().to_owned();
         let (input_tx, input) = mpsc::channel(16);
         let (output, output_rx) = mpsc::channel::<Bytes>(16);
         let (ready_tx, ready_rx) = oneshot::channel();

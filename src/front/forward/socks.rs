@@ -112,7 +112,7 @@ pub async fn serve(
                 let span = tracing::info_span!("socks", %dest);
                 tasks.spawn(async move {
                     tracing::info!("starting a session");
-                    match forward.session(None, rx, None, stop_rx, Some(IDLE)).await {
+                    match forward.session(None, rx, stop_rx, Some(IDLE)).await {
                         Ok(end) => tracing::info!(?end, "session over"),
                         Err(e) => tracing::warn!("session for {dest} failed: {}", Failure::of(&e).line()),
                     }
@@ -125,11 +125,10 @@ pub async fn serve(
 
 /// The session settings for one destination.
 fn forward_to(socks: &Socks, dest: &Destination) -> Forward {
-    let loopback = matches!(dest.host.as_str(), "localhost" | "127.0.0.1" | "::1");
     let spec = ForwardSpec {
         bind: String::new(),
         local_port: 0,
-        host: (!loopback).then(|| dest.host.clone()),
+        host: (!crate::cli::is_target_itself(&dest.host)).then(|| dest.host.clone()),
         remote_port: dest.port,
     };
     let (document, parameters) = spec.document(0);
