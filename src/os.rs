@@ -261,6 +261,9 @@ fn spawn_watchdog(session_id: &str) -> std::io::Result<std::process::ChildStdin>
     const DETACHED_PROCESS: u32 = 0x0000_0008;
     const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
     const CREATE_BREAKAWAY_FROM_JOB: u32 = 0x0100_0000;
+    if let Err(e) = uninheritable_stdio() {
+        tracing::debug!(error = %e, "stdio stays inheritable");
+    }
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(std::env::args_os().skip(1))
         .env(WATCHDOG_VAR, session_id)
@@ -276,6 +279,43 @@ fn spawn_watchdog(session_id: &str) -> std::io::Result<std::process::ChildStdin>
         .stdin
         .take()
         .ok_or_else(|| std::io::Error::other("no pipe to the watchdog"))
+}
+
+/// Puts non-inheritable duplicates of stdin, stdout and stderr in their places and closes the
+/// originals: std lets a child inherit every inheritable handle, and ssh's pipes held by the
+/// watchdog would keep whoever reads ssh's output waiting after we are gone. Call before any
+/// thread uses stdio. A handle shared by two of them (stdout and stderr, often) is closed once.
+#[cfg(windows)]
+fn uninheritable_stdio() -> std::io::Result<()> {
+    use filedescriptor::{FileDescriptor, StdioDescriptor};
+    use std::os::windows::io::{AsRawHandle, IntoRawHandle};
+    let redirect = |slot| {
+        let result = match slot {
+            StdioDescriptor::Stdin => FileDescriptor::redirect_stdio(&std::io::stdin(), slot),
+            StdioDescriptor::Stdout => FileDescriptor::redirect_stdio(&std::io::stdout(), slot),
+            StdioDescriptor::Stderr => FileDescriptor::redirect_stdio(&std::io::stderr(), slot),
+        };
+        result.map_err(std::io::Error::other)
+    };
+    let mut originals: Vec<FileDescriptor> = Vec::new();
+    for slot in [
+        StdioDescriptor::Stdin,
+        StdioDescriptor::Stdout,
+        StdioDescriptor::Stderr,
+    ] {
+        let original = redirect(slot)?;
+        if originals
+            .iter()
+            .any(|o| o.as_raw_handle() == original.as_raw_handle())
+        {
+            // Already owned once: closing it twice could close a reused handle.
+            let _ = original.into_raw_handle();
+        } else {
+            originals.push(original);
+        }
+    }
+    drop(originals);
+    Ok(())
 }
 
 /// In a watchdog: the session to end if its parent is killed. Never set elsewhere.

@@ -98,8 +98,12 @@ async fn watch(aws_args: &AwsArgs, session_id: &str) -> anyhow::Result<u8> {
     }
     tracing::info!(session = %session_id, "the relay was killed; terminating its session");
     let (aws, _) = super::connect(aws_args).await?;
-    if aws.terminate_session(session_id).await.is_err() {
-        aws.terminate_pending().await;
+    match aws.terminate_session(session_id).await {
+        Ok(()) => tracing::info!(session = %session_id, "session terminated"),
+        Err(e) => {
+            tracing::info!(error = %e, "TerminateSession failed; retrying");
+            aws.terminate_pending().await;
+        }
     }
     Ok(0)
 }
