@@ -105,6 +105,11 @@ pub fn signal_exit_code(sig: i32) -> u8 {
     }
 }
 
+/// Whether the system's ssh can share one connection between invocations (`ControlMaster`):
+/// Windows OpenSSH cannot (it has no Unix sockets to pass descriptors over; Win32-OpenSSH
+/// issue 405), and a `ControlPath` makes its every connection fail.
+pub const SSH_SHARES_CONNECTIONS: bool = cfg!(not(windows));
+
 /// Quotes one word of an ssh_config `ProxyCommand`: ssh runs it with `sh -c` on Unix (single
 /// quotes), and directly through CreateProcess on Windows (double quotes). `%` is doubled
 /// because ssh expands `%` tokens first.

@@ -147,6 +147,39 @@ fn wine_help_prints_usage_without_crlf() {
 }
 
 #[test]
+fn wine_ssh_config_names_the_exe_by_its_windows_path() {
+    let Some(wine) = Wine::find() else { return };
+    // What VS Code Remote-SSH runs: the .exe's absolute path (it does not search PATH).
+    let out = run_ok(
+        wine.command(&[], &["ssh-config"]).stdin(Stdio::null()),
+        SHORT,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ProxyCommand "))
+        .unwrap_or_else(|| panic!("no ProxyCommand in {text}"));
+    let exe = line.strip_suffix(" %h %p").unwrap_or(line);
+    assert!(
+        exe.get(1..3) == Some(":\\") && exe.ends_with("\\ssm-proxy.exe") && !exe.contains('/'),
+        "not an absolute Windows path: {line}"
+    );
+    // Windows OpenSSH has no ControlMaster: --reuse is refused, not written.
+    let out = run_with_timeout(
+        wine.command(&[], &["ssh-config", "--reuse"])
+            .stdin(Stdio::null()),
+        SHORT,
+    );
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr_of(&out));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr_of(&out).contains("ControlMaster"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
 fn wine_proxy_command_runs_ssh_true_and_exit_status() {
     let Some(wine) = Wine::find() else { return };
     let fx = Fixture::new();
