@@ -1,6 +1,7 @@
 //! Everything OS-specific, in one place: which signals end a session, how a ProxyCommand
-//! word is quoted, terminal size changes, the Windows console's modes and text, and how the
-//! simulator runs a shell or a command.
+//! word is quoted, terminal size changes, the Windows console's modes and text, the Windows
+//! watchdog that ends a session when ssh kills us, and how the simulator runs a shell or a
+//! command.
 //!
 //! Paths need nothing here: `dirs` gives `%USERPROFILE%` as the home (so `~/.ssh` is
 //! `%USERPROFILE%\.ssh`) and `%LOCALAPPDATA%` as the cache directory on Windows.
@@ -104,6 +105,11 @@ pub fn signal_exit_code(sig: i32) -> u8 {
     }
 }
 
+/// Whether the system's ssh can share one connection between invocations (`ControlMaster`):
+/// Windows OpenSSH cannot (it has no Unix sockets to pass descriptors over; Win32-OpenSSH
+/// issue 405), and a `ControlPath` makes its every connection fail.
+pub const SSH_SHARES_CONNECTIONS: bool = cfg!(not(windows));
+
 /// Quotes one word of an ssh_config `ProxyCommand`: ssh runs it with `sh -c` on Unix (single
 /// quotes), and directly through CreateProcess on Windows (double quotes). `%` is doubled
 /// because ssh expands `%` tokens first.
@@ -206,6 +212,136 @@ pub fn release_stdio() {
         let _ = rustix::stdio::dup2_stdout(&null);
         let _ = rustix::stdio::dup2_stderr(&null);
     }
+}
+
+/// Windows: ssh ends its ProxyCommand with TerminateProcess (Win32-OpenSSH's `kill()`; under
+/// Wine its SIGHUP does the same), so no handler of ours runs and the session would stay open on
+/// the service until it times out. A watchdog (this program again, detached, with the same
+/// arguments and [`WATCHDOG_VAR`] naming the session) holds a pipe from us for the session's
+/// life: when the pipe closes without [`Watchdog::disarm`], we were killed, and it ends the
+/// session. Elsewhere ssh's SIGHUP reaches us, so there is no watchdog.
+pub struct Watchdog {
+    #[cfg(windows)]
+    pipe: Option<std::process::ChildStdin>,
+}
+
+/// Set in the watchdog's environment: the session it ends when its parent is gone.
+pub const WATCHDOG_VAR: &str = "SSM_PROXY_WATCHDOG_SESSION";
+
+impl Watchdog {
+    /// Starts the watchdog for `session_id` (Windows); failing to start it only loses the
+    /// cleanup, so that is logged, not fatal.
+    pub fn start(session_id: &str) -> Watchdog {
+        #[cfg(windows)]
+        {
+            let pipe = spawn_watchdog(session_id)
+                .inspect_err(|e| tracing::warn!(error = %e, "no watchdog for the session"))
+                .ok();
+            Watchdog { pipe }
+        }
+        #[cfg(not(windows))]
+        {
+            let _ = session_id;
+            Watchdog {}
+        }
+    }
+
+    /// We end (or ended) the session ourselves: the watchdog exits without a call.
+    pub fn disarm(self) {
+        #[cfg(windows)]
+        if let Some(mut pipe) = self.pipe {
+            use std::io::Write;
+            let _ = pipe.write_all(b"done");
+        }
+    }
+}
+
+/// A copy of this program with the same arguments, no console, no stdio but a pipe from us, in
+/// a process group of its own (Ctrl-C is ours to handle) and, where the job allows, out of ssh's
+/// job (which may be killed as a whole). Returns the pipe.
+#[cfg(windows)]
+fn spawn_watchdog(session_id: &str) -> std::io::Result<std::process::ChildStdin> {
+    use std::os::windows::process::CommandExt;
+    use std::process::{Command, Stdio};
+    const DETACHED_PROCESS: u32 = 0x0000_0008;
+    const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+    const CREATE_BREAKAWAY_FROM_JOB: u32 = 0x0100_0000;
+    if let Err(e) = uninheritable_stdio() {
+        tracing::debug!(error = %e, "stdio stays inheritable");
+    }
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(std::env::args_os().skip(1))
+        .env(WATCHDOG_VAR, session_id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let flags = DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP;
+    let mut child = cmd
+        .creation_flags(flags | CREATE_BREAKAWAY_FROM_JOB)
+        .spawn()
+        .or_else(|_| cmd.creation_flags(flags).spawn())?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| std::io::Error::other("no pipe to the watchdog"))
+}
+
+/// Puts non-inheritable duplicates of stdin, stdout and stderr in their places and closes the
+/// originals: std lets a child inherit every inheritable handle, and ssh's pipes held by the
+/// watchdog would keep whoever reads ssh's output waiting after we are gone. Call before any
+/// thread uses stdio. A handle shared by two of them (stdout and stderr, often) is closed once.
+#[cfg(windows)]
+fn uninheritable_stdio() -> std::io::Result<()> {
+    use filedescriptor::{FileDescriptor, StdioDescriptor};
+    use std::os::windows::io::{AsRawHandle, IntoRawHandle};
+    let redirect = |slot| {
+        let result = match slot {
+            StdioDescriptor::Stdin => FileDescriptor::redirect_stdio(&std::io::stdin(), slot),
+            StdioDescriptor::Stdout => FileDescriptor::redirect_stdio(&std::io::stdout(), slot),
+            StdioDescriptor::Stderr => FileDescriptor::redirect_stdio(&std::io::stderr(), slot),
+        };
+        result.map_err(std::io::Error::other)
+    };
+    let mut originals: Vec<FileDescriptor> = Vec::new();
+    for slot in [
+        StdioDescriptor::Stdin,
+        StdioDescriptor::Stdout,
+        StdioDescriptor::Stderr,
+    ] {
+        let original = redirect(slot)?;
+        if originals
+            .iter()
+            .any(|o| o.as_raw_handle() == original.as_raw_handle())
+        {
+            // Already owned once: closing it twice could close a reused handle.
+            let _ = original.into_raw_handle();
+        } else {
+            originals.push(original);
+        }
+    }
+    drop(originals);
+    Ok(())
+}
+
+/// In a watchdog: the session to end if its parent is killed. Never set elsewhere.
+pub fn watchdog_session() -> Option<String> {
+    if cfg!(windows) {
+        std::env::var(WATCHDOG_VAR).ok().filter(|s| !s.is_empty())
+    } else {
+        None
+    }
+}
+
+/// In a watchdog: waits for the parent to exit; true if it was killed (its pipe closed without
+/// the word of [`Watchdog::disarm`]).
+pub async fn parent_killed() -> bool {
+    let read = tokio::task::spawn_blocking(|| {
+        use std::io::Read;
+        let mut got = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut got);
+        got.is_empty()
+    });
+    read.await.unwrap_or(true)
 }
 
 /// Console modes a remote terminal needs beyond raw mode, set while alive. Windows: VT input

@@ -36,6 +36,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     } else {
         (given, cli.aws.clone())
     };
+    if let Some(session_id) = os::watchdog_session() {
+        return watch(&aws_args, &session_id).await;
+    }
     let spec = TargetSpec::parse(&target_text)?;
     let mut parameters = cli::document_parameters(&cli.parameters, "host=db.internal")?;
     parameters.insert("portNumber".into(), vec![cli.port.to_string()]);
@@ -83,7 +86,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         sig = signals.recv() => return Ok(os::signal_exit_code(sig.unwrap_or(os::SIGINT))),
     };
     let config = settings.driver_config(Mode::Relay, &target, "");
-    relay(aws, grant, &target, config, &mut signals).await
+    let watchdog = os::Watchdog::start(&grant.session_id);
+    let result = relay(aws, grant, &target, config, &mut signals).await;
+    watchdog.disarm();
+    result
+}
+
+/// The watchdog of a relay on Windows (see [`os::Watchdog`]): once the relay is gone, ends its
+/// session unless the relay said it had ended it itself. Its stdio is a pipe and the null
+/// device; the same arguments give it the same profile, region and endpoints.
+async fn watch(aws_args: &AwsArgs, session_id: &str) -> anyhow::Result<u8> {
+    if !os::parent_killed().await {
+        return Ok(0);
+    }
+    tracing::info!(session = %session_id, "the relay was killed; terminating its session");
+    let (aws, _) = super::connect(aws_args).await?;
+    match aws.terminate_session(session_id).await {
+        Ok(()) => tracing::info!(session = %session_id, "session terminated"),
+        Err(e) => {
+            tracing::info!(error = %e, "TerminateSession failed; retrying");
+            aws.terminate_pending().await;
+        }
+    }
+    Ok(0)
 }
 
 /// The relay's driver configuration from bare tunables: the session-manager-plugin entry's

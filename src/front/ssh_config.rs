@@ -5,11 +5,19 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{AwsArgs, SshConfigArgs};
-use crate::os::proxy_command_word;
+use crate::cli::{AwsArgs, SshConfigArgs, UsageError};
+use crate::os::{SSH_SHARES_CONNECTIONS, proxy_command_word};
 
 /// Prints the block on stdout.
 pub fn run(args: &SshConfigArgs, aws: &AwsArgs) -> anyhow::Result<u8> {
+    if args.reuse && !SSH_SHARES_CONNECTIONS {
+        return Err(UsageError(
+            "--reuse needs ssh's connection sharing (ControlMaster), which Windows OpenSSH does \
+             not have: drop --reuse (each connection then starts its own session)"
+                .into(),
+        )
+        .into());
+    }
     let exe = std::env::current_exe()
         .map_err(|e| anyhow::anyhow!("cannot find the path of this executable: {e}"))?;
     let argv0 = std::env::args_os().next().unwrap_or_default();
