@@ -105,6 +105,36 @@ impl Wine {
         }
     }
 
+    /// The .exe's file name.
+    fn file_name(&self) -> String {
+        self.exe
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits (bounded) until no copy of the .exe serves `port`: the relays ssh started and
+    /// their watchdogs have all exited.
+    fn assert_gone(&self, port: u16) {
+        let (name, port) = (self.file_name(), port.to_string());
+        let running = || {
+            let Ok(procs) = fs::read_dir("/proc") else {
+                return false;
+            };
+            procs.flatten().any(|p| {
+                fs::read(p.path().join("cmdline")).is_ok_and(|line| {
+                    let mut args = line.split(|b| *b == 0);
+                    args.next().is_some_and(|a| a.ends_with(name.as_bytes()))
+                        && args.any(|a| a == port.as_bytes())
+                })
+            })
+        };
+        assert!(
+            wait_until(30, || !running()),
+            "a {name} for port {port} is still running"
+        );
+    }
+
     /// The variables Wine needs, added to a client environment.
     fn env(&self, mut env: Vec<(String, String)>) -> Vec<(String, String)> {
         env.push(("WINEPREFIX".into(), self.prefix.display().to_string()));
@@ -160,8 +190,9 @@ fn wine_ssh_config_names_the_exe_by_its_windows_path() {
         .find_map(|l| l.trim().strip_prefix("ProxyCommand "))
         .unwrap_or_else(|| panic!("no ProxyCommand in {text}"));
     let exe = line.strip_suffix(" %h %p").unwrap_or(line);
+    let name = format!("\\{}", wine.file_name());
     assert!(
-        exe.get(1..3) == Some(":\\") && exe.ends_with("\\ssm-proxy.exe") && !exe.contains('/'),
+        exe.get(1..3) == Some(":\\") && exe.ends_with(&name) && !exe.contains('/'),
         "not an absolute Windows path: {line}"
     );
     // Windows OpenSSH has no ControlMaster: --reuse is refused, not written.
@@ -195,7 +226,7 @@ fn wine_proxy_command_runs_ssh_true_and_exit_status() {
     // watchdogs ended the sessions and exited.
     fx.assert_no_sessions();
     assert!(fx.sim.stats().started >= 2, "went through the simulator");
-    assert_exe_gone(fx.sshd.port());
+    wine.assert_gone(fx.sshd.port());
 }
 
 #[test]
@@ -215,7 +246,7 @@ fn wine_proxy_command_scp_16mib_both_ways() {
     assert_eq!(fs::metadata(&down).map(|m| m.len()).ok(), Some(16 << 20));
     assert_eq!(sha256_file(&down), digest, "download corrupted");
     fx.assert_no_sessions();
-    assert_exe_gone(fx.sshd.port());
+    wine.assert_gone(fx.sshd.port());
 }
 
 #[test]
@@ -253,7 +284,7 @@ fn wine_proxy_command_ends_the_session_when_ssh_goes() {
         fx.assert_no_sessions();
         assert_eq!(fx.sim.stats().started, round);
     }
-    assert_exe_gone(fx.sshd.port());
+    wine.assert_gone(fx.sshd.port());
 }
 
 #[test]
@@ -281,26 +312,4 @@ fn wine_forward_moves_bytes_exactly_and_ends_on_ctrl_c() {
         "session left on the service"
     );
     assert!(sim.stats().terminated >= 1);
-}
-
-/// Waits (bounded) until no copy of the .exe serves `port`: the relays ssh started and their
-/// watchdogs have all exited.
-fn assert_exe_gone(port: u16) {
-    let port = port.to_string();
-    let running = || {
-        let Ok(procs) = fs::read_dir("/proc") else {
-            return false;
-        };
-        procs.flatten().any(|p| {
-            fs::read(p.path().join("cmdline")).is_ok_and(|line| {
-                let mut args = line.split(|b| *b == 0);
-                args.next().is_some_and(|a| a.ends_with(b"ssm-proxy.exe"))
-                    && args.any(|a| a == port.as_bytes())
-            })
-        })
-    };
-    assert!(
-        wait_until(30, || !running()),
-        "an ssm-proxy.exe for port {port} is still running"
-    );
 }
