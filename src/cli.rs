@@ -189,6 +189,7 @@ pub enum Command {
     /// Forward local ports to ports on (or behind) the target, like `ssh -L`.
     Forward(ForwardArgs),
     /// Run the local simulator (fake SSM API, gateway and agent) for demos and tests.
+    #[cfg(feature = "sim")]
     Sim(Box<SimArgs>),
     /// Print a ready ~/.ssh/config Host block that uses this executable.
     SshConfig(SshConfigArgs),

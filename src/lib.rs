@@ -17,5 +17,6 @@ pub mod logging;
 pub mod net;
 pub mod os;
 pub mod proto;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod transport;

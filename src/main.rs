@@ -13,6 +13,18 @@ fn main() {
     if let Some(invocation) = front::plugin::detect(&argv) {
         std::process::exit(plugin_main(invocation));
     }
+    #[cfg(not(feature = "sim"))]
+    if argv.get(1).is_some_and(|a| a == "sim")
+        && argv
+            .get(2)
+            .is_none_or(|a| a.to_string_lossy().starts_with('-'))
+    {
+        let failure = Failure::usage(
+            "this ssm-proxy was built without the simulator (--no-default-features): \
+             build it with the default features to run ssm-proxy sim",
+        );
+        std::process::exit(i32::from(failure.report()));
+    }
     let cli = match parse(argv) {
         Ok(cli) => cli,
         Err(e) => std::process::exit(usage_error(e)),
@@ -26,7 +38,10 @@ fn main() {
         std::process::exit(i32::from(failure.report()));
     }
     logging::init(&cli.log);
+    #[cfg(feature = "sim")]
     let multi_thread = matches!(cli.command, Some(Command::Sim(_)));
+    #[cfg(not(feature = "sim"))]
+    let multi_thread = false;
     let runtime = if multi_thread {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -47,6 +62,7 @@ fn main() {
         // AWS options given before the subcommand count for it; --reason goes to StartSession.
         let outer = cli.aws.clone();
         match cli.command {
+            #[cfg(feature = "sim")]
             Some(Command::Sim(args)) => front::sim::run(*args).await,
             Some(Command::Forward(args)) => {
                 let aws = AwsArgs {
@@ -177,6 +193,7 @@ fn parse(argv: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
 fn command_name(command: &Command) -> &'static str {
     match command {
         Command::Forward(_) => "forward",
+        #[cfg(feature = "sim")]
         Command::Sim(_) => "sim",
         Command::SshConfig(_) => "ssh-config",
         Command::Doctor(_) => "doctor",

@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod report;
 pub mod settings;
 pub mod shell;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod ssh_config;
 pub mod target;
