@@ -8,17 +8,16 @@
 //! byte-exact, and `NO_PROXY` CIDR entries with a port exempt just that port.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ssm_proxy::sim::{Sim, SimConfig};
 
-use crate::support::socks::Socks5;
+use crate::support::recording::RecordingServer;
+use crate::support::socks;
 use crate::support::{
     Fixture, TARGET, TempDir, one_line_failure, proxy_bin, proxy_command, proxy_run, require,
     run_ok, run_with_timeout, sha256_file, write_random_file,
@@ -26,59 +25,14 @@ use crate::support::{
 
 const SSH_BOUND: u64 = 30;
 
-/// A thread-per-connection HTTP CONNECT proxy on 127.0.0.1:0 that records every CONNECT target.
-struct ConnectProxy {
-    addr: SocketAddr,
-    connects: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+/// A thread-per-connection HTTP CONNECT proxy on 127.0.0.1:0 that records every CONNECT target;
+/// `refuse`: answer every CONNECT with 403.
+fn connect_proxy(refuse: bool) -> RecordingServer {
+    RecordingServer::start(move |conn, log| tunnel(conn, log, refuse))
 }
 
-impl ConnectProxy {
-    /// `refuse`: answer every CONNECT with 403.
-    fn start(refuse: bool) -> ConnectProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let addr = listener.local_addr().expect("addr");
-        let connects = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (c, s) = (connects.clone(), stop.clone());
-        let thread = thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.load(Ordering::Relaxed) {
-                    return;
-                }
-                if let Ok(conn) = conn {
-                    let c = c.clone();
-                    thread::spawn(move || tunnel(conn, &c, refuse));
-                }
-            }
-        });
-        ConnectProxy {
-            addr,
-            connects,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn connects(&self) -> Vec<String> {
-        self.connects.lock().expect("connects").clone()
-    }
-}
-
-impl Drop for ConnectProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn proxy_url(proxy: &RecordingServer) -> String {
+    format!("http://{}", proxy.addr)
 }
 
 /// Serves one proxy client: reads the CONNECT head, dials the target, relays both ways.
@@ -116,7 +70,7 @@ fn tunnel(mut client: TcpStream, connects: &Mutex<Vec<String>>, refuse: bool) {
     {
         return;
     }
-    crate::support::socks::splice(client, upstream);
+    socks::splice(client, upstream);
 }
 
 /// A self-signed certificate for `localhost` (CA:FALSE, so it is its own trust anchor).
@@ -264,13 +218,13 @@ fn data_channel_tunnels_through_a_connect_proxy_with_a_private_ca() {
     };
     let fx = Fixture::new();
     let front = TlsFront::start(&cert, gateway(&fx.sim));
-    let proxy = ConnectProxy::start(false);
+    let proxy = connect_proxy(false);
     let endpoint = format!("wss://localhost:{}", front.addr.port());
     let bundle = cert.cert.display().to_string();
     let env = with(
         &fx.env(),
         &[
-            ("HTTPS_PROXY", &proxy.url()),
+            ("HTTPS_PROXY", &proxy_url(&proxy)),
             ("NO_PROXY", "127.0.0.1"),
             ("AWS_CA_BUNDLE", &bundle),
         ],
@@ -280,7 +234,7 @@ fn data_channel_tunnels_through_a_connect_proxy_with_a_private_ca() {
     ssh_echo_ok(&fx, &args, &env);
     let authority = format!("localhost:{}", front.addr.port());
     assert_eq!(
-        proxy.connects(),
+        proxy.log(),
         vec![authority.clone()],
         "one tunnel, to the overridden endpoint (the SDK's http:// calls are not proxied)"
     );
@@ -300,14 +254,14 @@ fn data_channel_tunnels_through_a_connect_proxy_with_a_private_ca() {
         stderr.contains("could not open the data channel") && stderr.contains("certificate"),
         "{stderr}"
     );
-    assert!(proxy.connects().len() > 1);
+    assert!(proxy.log().len() > 1);
 
     // NO_PROXY exempts the host: no new tunnel.
-    let before = proxy.connects().len();
+    let before = proxy.log().len();
     let bypass = with(&env, &[("NO_PROXY", "localhost")]);
     ssh_echo_ok(&fx, &args, &bypass);
     assert_eq!(
-        proxy.connects().len(),
+        proxy.log().len(),
         before,
         "NO_PROXY host went through the proxy"
     );
@@ -323,14 +277,14 @@ fn api_calls_tunnel_through_the_proxy_and_trust_the_bundle_too() {
     let api = api(&fx.sim);
     // The SSM API behind TLS with the private CA, as https://localhost:PORT.
     let front = TlsFront::start(&cert, api);
-    let proxy = ConnectProxy::start(false);
+    let proxy = connect_proxy(false);
     let bundle = cert.cert.display().to_string();
     let endpoint = format!("https://localhost:{}", front.addr.port());
     let env = with(
         &fx.env(),
         &[
             ("AWS_ENDPOINT_URL_SSM", &endpoint),
-            ("HTTPS_PROXY", &proxy.url()),
+            ("HTTPS_PROXY", &proxy_url(&proxy)),
             // The data channel (plain ws:// to the simulator) goes direct.
             ("NO_PROXY", "127.0.0.1"),
             ("AWS_CA_BUNDLE", &bundle),
@@ -338,7 +292,7 @@ fn api_calls_tunnel_through_the_proxy_and_trust_the_bundle_too() {
     );
     ssh_echo_ok(&fx, "", &env);
     let authority = format!("localhost:{}", front.addr.port());
-    let connects = proxy.connects();
+    let connects = proxy.log();
     assert!(
         !connects.is_empty() && connects.iter().all(|c| *c == authority),
         "StartSession and TerminateSession must tunnel to {authority}: {connects:?}"
@@ -349,13 +303,13 @@ fn api_calls_tunnel_through_the_proxy_and_trust_the_bundle_too() {
 #[test]
 fn a_refusing_proxy_fails_in_one_line() {
     let sim = Sim::start(SimConfig::default()).expect("simulator");
-    let proxy = ConnectProxy::start(true);
+    let proxy = connect_proxy(true);
     let home = TempDir::new("net-home");
     let env = with(
         &sim.env(),
         &[
             ("HOME", &home.path().display().to_string()),
-            ("HTTPS_PROXY", &proxy.url()),
+            ("HTTPS_PROXY", &proxy_url(&proxy)),
             ("SSM_PROXY_SSMMESSAGES_ENDPOINT", "wss://localhost:9"),
         ],
     );
@@ -367,7 +321,7 @@ fn a_refusing_proxy_fails_in_one_line() {
         "{line}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(!proxy.connects().is_empty());
+    assert!(!proxy.log().is_empty());
     assert_eq!(sim.active_sessions(), 0, "the session was not terminated");
 }
 
@@ -432,7 +386,7 @@ fn socks5_proxy_in_the_environment_carries_api_calls_and_the_data_channel() {
     let fx = Fixture::new();
     let api = api(&fx.sim);
     let gw = gateway(&fx.sim);
-    let socks = Socks5::start(Some(("ops", "s3cr:t")));
+    let socks = socks::start(Some(("ops", "s3cr:t")));
     // The data channel by name, so that socks5h and socks5 differ in what the proxy sees.
     let by_name = format!("ws://localhost:{}", gw.port());
     let env = with(
@@ -446,7 +400,7 @@ fn socks5_proxy_in_the_environment_carries_api_calls_and_the_data_channel() {
         ],
     );
     scp_round_trip(&fx, &env, 4, 31);
-    let connects = socks.connects();
+    let connects = socks.log();
     let api_seen = connects.iter().filter(|c| **c == api.to_string()).count();
     let gw_seen = connects
         .iter()
@@ -458,7 +412,7 @@ fn socks5_proxy_in_the_environment_carries_api_calls_and_the_data_channel() {
     fx.assert_no_sessions();
 
     // socks5:// resolves here: the proxy is asked for 127.0.0.1, never for the name.
-    let before = socks.connects().len();
+    let before = socks.log().len();
     let local_dns = with(
         &env,
         &[(
@@ -467,7 +421,7 @@ fn socks5_proxy_in_the_environment_carries_api_calls_and_the_data_channel() {
         )],
     );
     ssh_echo_ok(&fx, "", &local_dns);
-    let later = socks.connects()[before..].to_vec();
+    let later = socks.log()[before..].to_vec();
     assert!(
         later.contains(&format!("127.0.0.1:{}", gw.port())),
         "{later:?}"
@@ -497,7 +451,7 @@ fn no_proxy_cidr_with_a_port_exempts_only_that_port() {
     let fx = Fixture::new();
     let api = api(&fx.sim);
     let gw = gateway(&fx.sim);
-    let socks = Socks5::start(None);
+    let socks = socks::start(None);
     let env = with(
         &fx.env(),
         &[
@@ -509,12 +463,12 @@ fn no_proxy_cidr_with_a_port_exempts_only_that_port() {
         ],
     );
     ssh_echo_ok(&fx, "", &env);
-    assert_eq!(socks.connects(), vec![gw.to_string()]);
+    assert_eq!(socks.log(), vec![gw.to_string()]);
 
     // The other way round: the data channel exempt, the API calls proxied.
     let env = with(&env, &[("NO_PROXY", &format!("127.0.0.0/8:{}", gw.port()))]);
     ssh_echo_ok(&fx, "", &env);
-    let connects = socks.connects();
+    let connects = socks.log();
     assert!(
         connects.len() >= 2 && connects[1..].iter().all(|c| *c == api.to_string()),
         "{connects:?}"

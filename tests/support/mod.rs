@@ -8,6 +8,7 @@
 pub mod echo;
 pub mod forward;
 pub mod realagent;
+pub mod recording;
 pub mod socks;
 pub mod sshd;
 

@@ -3,61 +3,18 @@
 //! `host:port` for a domain name (socks5h), `ip:port` for an address (socks5).
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, TcpStream};
+use std::sync::Mutex;
+use std::thread;
 use std::time::Duration;
 
-pub struct Socks5 {
-    pub addr: SocketAddr,
-    connects: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+use super::recording::RecordingServer;
 
-impl Socks5 {
-    /// Starts the proxy; with `auth`, clients must log in with that user and password.
-    pub fn start(auth: Option<(&str, &str)>) -> Socks5 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind socks");
-        let addr = listener.local_addr().expect("addr");
-        let connects = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let auth = auth.map(|(u, p)| (u.to_owned(), p.to_owned()));
-        let (c, s) = (connects.clone(), stop.clone());
-        let thread = thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.load(Ordering::Relaxed) {
-                    return;
-                }
-                if let Ok(conn) = conn {
-                    let (c, auth) = (c.clone(), auth.clone());
-                    thread::spawn(move || serve(conn, &c, auth.as_ref()));
-                }
-            }
-        });
-        Socks5 {
-            addr,
-            connects,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// CONNECT targets so far, in order.
-    pub fn connects(&self) -> Vec<String> {
-        self.connects.lock().expect("connects").clone()
-    }
-}
-
-impl Drop for Socks5 {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// Starts the proxy; with `auth`, clients must log in with that user and password. Its log
+/// holds every CONNECT target.
+pub fn start(auth: Option<(&str, &str)>) -> RecordingServer {
+    let auth = auth.map(|(u, p)| (u.to_owned(), p.to_owned()));
+    RecordingServer::start(move |conn, log| serve(conn, log, auth.as_ref()))
 }
 
 fn read_n(s: &mut TcpStream, n: usize) -> Option<Vec<u8>> {
