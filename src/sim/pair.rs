@@ -872,7 +872,17 @@ mod scenarios {
 
     #[test]
     fn duplicated_acks_are_harmless_both_ways() {
-        let mut pair = Pair::new(&PairConfig::default());
+        // Some loss, so that an end that took a duplicate ack for another message's would
+        // never resend that one.
+        let lossy = FaultPlan {
+            drop_every: 17,
+            ..Default::default()
+        };
+        let mut pair = Pair::new(&PairConfig {
+            up: lossy.clone(),
+            down: lossy,
+            ..Default::default()
+        });
         let dups = Rc::new(Cell::new(0u32));
         let double_acks = |dups: Rc<Cell<u32>>| {
             move |f: Bytes| match decoded(&f).map(|d| d.message_type) {
@@ -887,16 +897,6 @@ mod scenarios {
         pair.tamper_down(double_acks(dups.clone()));
         transfer(&mut pair, 30, 200_000);
         assert!(dups.get() > 100, "only {} acks duplicated", dups.get());
-        assert_eq!(
-            pair.client.retransmissions(),
-            0,
-            "a duplicate ack acked something else"
-        );
-        assert_eq!(
-            pair.agent.retransmissions(),
-            0,
-            "a duplicate ack acked something else"
-        );
     }
 
     #[test]
@@ -924,7 +924,7 @@ mod scenarios {
     #[test]
     fn a_stalled_reader_resumes_after_thirty_virtual_seconds_byte_exact() {
         let mut pair = Pair::new(&PairConfig::default());
-        let download = stream_bytes(50, 3 << 20);
+        let download = stream_bytes(50, 8 << 20);
         pair.set_reader(Some(0));
         pair.target_output(&download);
         pair.advance_time(30 * SECOND);
