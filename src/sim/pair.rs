@@ -954,11 +954,12 @@ mod scenarios {
             1,
             "the handshake asked for a KMS data key"
         );
-        let (up, down) = (stream_bytes(60, 100_000), stream_bytes(61, 100_000));
+        // Enough that most of both streams is sealed and opened after the reconnect.
+        let (up, down) = (stream_bytes(60, 1 << 20), stream_bytes(61, 1 << 20));
         pair.client_input(&up);
         pair.target_output(&down);
         assert!(pair.drive_until(SECOND, |p| p.received_by_client().len() > 10_000));
-        pair.cut_for(SECOND / 2);
+        pair.cut_for(SECOND / 10);
         assert!(pair.drive_until(60 * SECOND, |p| delivered(p, &up, &down)));
         assert!(pair.ended().is_none(), "{:?}", pair.ended());
         assert!(pair.received_by_target() == &up[..] && pair.received_by_client() == &down[..]);
