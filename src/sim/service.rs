@@ -37,7 +37,8 @@ pub struct SessionPlan {
     pub properties: Value,
     /// Seed for ids and faults.
     pub seed: u64,
-    /// What the document runs: Port, or a shell plugin (then [`Shell`] replaces the targets).
+    /// What the document runs: Port, or a shell plugin (then [`super::shell::Shell`] replaces
+    /// the targets).
     pub plugin: Plugin,
 }
 
