@@ -7,40 +7,40 @@
 use std::time::Duration;
 
 use ssm_proxy::proto::SessionConfig;
-use ssm_proxy::proto::session::splitmix;
 use ssm_proxy::sim::FaultPlan;
 use ssm_proxy::sim::pair::{self, PairConfig, stream_bytes};
+use ssm_proxy::sim::rng::Rng;
 
 const SEEDS: u64 = 1200;
 
-fn plan(rng: &mut u64) -> FaultPlan {
-    let mut ppm = |max: u64| (splitmix(rng) % (max + 1)) as u32;
+fn plan(rng: &mut Rng) -> FaultPlan {
+    let mut ppm = |max: u64| (rng.next_u64() % (max + 1)) as u32;
     FaultPlan {
         loss_ppm: ppm(60_000),
         dup_ppm: ppm(50_000),
         reorder_ppm: ppm(100_000),
         corrupt_ppm: ppm(20_000),
-        jitter: Duration::from_micros(splitmix(rng) % 3_000),
+        jitter: Duration::from_micros(rng.next_u64() % 3_000),
         ..Default::default()
     }
 }
 
 /// The scenario a seed stands for.
 fn scenario(seed: u64) -> PairConfig {
-    let mut rng = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+    let mut rng = Rng::new(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
     let up = plan(&mut rng);
     let down = plan(&mut rng);
-    let cut = splitmix(&mut rng).is_multiple_of(3);
+    let cut = rng.next_u64().is_multiple_of(3);
     PairConfig {
         seed,
         up,
         down,
-        upload: 1 + (splitmix(&mut rng) % (96 * 1024)) as usize,
-        download: 1 + (splitmix(&mut rng) % (96 * 1024)) as usize,
-        disconnect_every: cut.then(|| Duration::from_millis(5 + splitmix(&mut rng) % 60)),
-        outage: Duration::from_millis(1 + splitmix(&mut rng) % 300),
-        reader_bytes_per_ms: splitmix(&mut rng).is_multiple_of(4).then_some(64 * 1024),
-        target_bytes_per_ms: splitmix(&mut rng).is_multiple_of(4).then_some(64 * 1024),
+        upload: 1 + (rng.next_u64() % (96 * 1024)) as usize,
+        download: 1 + (rng.next_u64() % (96 * 1024)) as usize,
+        disconnect_every: cut.then(|| Duration::from_millis(5 + rng.next_u64() % 60)),
+        outage: Duration::from_millis(1 + rng.next_u64() % 300),
+        reader_bytes_per_ms: rng.next_u64().is_multiple_of(4).then_some(64 * 1024),
+        target_bytes_per_ms: rng.next_u64().is_multiple_of(4).then_some(64 * 1024),
         time_limit: Duration::from_secs(120),
         kms: seed.is_multiple_of(5),
         fast_agent: false,

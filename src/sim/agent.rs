@@ -363,53 +363,13 @@ impl Agent {
     fn take_clear(&mut self, now: Instant, frame: &Frame, acked: bool) -> bool {
         match (self.phase, frame.payload_type) {
             (Phase::AwaitResponse(_), ptype::HANDSHAKE_RESPONSE) => {
-                let resp: HandshakeResponse =
-                    serde_json::from_slice(&frame.payload).unwrap_or_default();
-                if resp
-                    .processed_client_actions
-                    .iter()
-                    .any(|a| a.action_status != status::SUCCESS)
-                {
-                    self.finish("Handshake failed: the client rejected a requested action");
-                    return true;
-                }
-                self.client_version = resp.client_version;
-                self.mode = self.port_mode();
-                if self.config.kms_key.is_some() {
-                    // §5.4: the KMS action's result carries the data key for us to decrypt.
-                    let result = resp
-                        .processed_client_actions
-                        .iter()
-                        .find(|a| a.action_type == "KMSEncryption")
-                        .map(|a| a.action_result.clone())
-                        .unwrap_or_default();
-                    let blob = result
-                        .get("KMSCipherTextKey")
-                        .and_then(Value::as_str)
-                        .and_then(|b| BASE64.decode(b).ok());
-                    let acknowledged = result
-                        .get("ChallengeAcknowledgement")
-                        .and_then(Value::as_bool)
-                        == Some(true);
-                    match blob {
-                        Some(blob) => {
-                            let challenge = acknowledged.then(|| self.kms_challenge.clone());
-                            self.events
-                                .push_back(AgentEvent::DecryptKey { blob, challenge });
-                            self.phase = Phase::AwaitKey(now + HANDSHAKE_TIMEOUT);
-                        }
-                        None => self
-                            .finish("KMS encryption is required but the client sent no data key"),
-                    }
-                    return true;
-                }
-                self.complete_handshake(now, "");
+                self.on_handshake_response(now, frame);
                 true
             }
-            // §4.3: data before the handshake is over is acked and discarded.
             (Phase::AwaitChallenge(_), ptype::ENC_CHALLENGE_RESPONSE) => {
                 self.on_challenge_response(now, frame)
             }
+            // §4.3: data before the handshake is over is acked and discarded.
             (
                 Phase::AwaitResponse(_)
                 | Phase::AwaitKey(_)
@@ -417,26 +377,7 @@ impl Agent {
                 | Phase::Idle,
                 _,
             ) => true,
-            (Phase::Running, ptype::OUTPUT) => {
-                if self.redial {
-                    // Basic mode re-dials on the first data after a DisconnectToPort (§3.6).
-                    self.redial = false;
-                    self.redialing = true;
-                    self.events.push_back(AgentEvent::Dial);
-                }
-                let full = self.target_backlog >= self.config.target_backlog_limit;
-                if !acked && (!self.target_up || full) {
-                    return false;
-                }
-                if !self.target_up {
-                    self.before_dial.push(frame.payload.clone());
-                    return true;
-                }
-                self.target_backlog += frame.payload.len();
-                self.events
-                    .push_back(AgentEvent::ToTarget(frame.payload.clone()));
-                true
-            }
+            (Phase::Running, ptype::OUTPUT) => self.on_output(frame, acked),
             // §3.6: the shell plugins switch only on Output and Size; Flags are acked, ignored.
             (Phase::Running, ptype::FLAG) if self.config.plugin.is_shell() => true,
             (Phase::Running, ptype::SIZE) if self.config.plugin.uses_pty() => {
@@ -450,29 +391,99 @@ impl Agent {
                 true
             }
             (Phase::Running, ptype::FLAG) => {
-                match frame.flag_value() {
-                    flag::TERMINATE_SESSION => {
-                        self.events.push_back(AgentEvent::CloseTarget);
-                        self.finish("");
-                    }
-                    flag::DISCONNECT_TO_PORT => match self.mode {
-                        // sshd-style session: a closed destination ends it (§12.1 step 7).
-                        PortMode::Stream => {
-                            self.events.push_back(AgentEvent::CloseTarget);
-                            self.finish("");
-                        }
-                        PortMode::Basic => {
-                            self.events.push_back(AgentEvent::CloseTarget);
-                            self.target_up = false;
-                            self.redial = true;
-                        }
-                        PortMode::Mux => {} // ignored by the mux session (§3.6)
-                    },
-                    _ => {}
-                }
+                self.on_flag(frame.flag_value());
                 true
             }
             _ => true, // Size and unknown types: acked, ignored
+        }
+    }
+
+    fn on_handshake_response(&mut self, now: Instant, frame: &Frame) {
+        let resp: HandshakeResponse = serde_json::from_slice(&frame.payload).unwrap_or_default();
+        if resp
+            .processed_client_actions
+            .iter()
+            .any(|a| a.action_status != status::SUCCESS)
+        {
+            return self.finish("Handshake failed: the client rejected a requested action");
+        }
+        self.client_version = resp.client_version.clone();
+        self.mode = self.port_mode();
+        match self.config.kms_key {
+            Some(_) => self.request_decrypt(now, &resp),
+            None => self.complete_handshake(now, ""),
+        }
+    }
+
+    /// §5.4: the KMS action's result carries the data key for us to decrypt.
+    fn request_decrypt(&mut self, now: Instant, resp: &HandshakeResponse) {
+        let result = resp
+            .processed_client_actions
+            .iter()
+            .find(|a| a.action_type == "KMSEncryption")
+            .map(|a| a.action_result.clone())
+            .unwrap_or_default();
+        let blob = result
+            .get("KMSCipherTextKey")
+            .and_then(Value::as_str)
+            .and_then(|b| BASE64.decode(b).ok());
+        let acknowledged = result
+            .get("ChallengeAcknowledgement")
+            .and_then(Value::as_bool)
+            == Some(true);
+        match blob {
+            Some(blob) => {
+                let challenge = acknowledged.then(|| self.kms_challenge.clone());
+                self.events
+                    .push_back(AgentEvent::DecryptKey { blob, challenge });
+                self.phase = Phase::AwaitKey(now + HANDSHAKE_TIMEOUT);
+            }
+            None => self.finish("KMS encryption is required but the client sent no data key"),
+        }
+    }
+
+    /// Client data for the destination; false when the handler is not ready (no ack).
+    fn on_output(&mut self, frame: &Frame, acked: bool) -> bool {
+        if self.redial {
+            // Basic mode re-dials on the first data after a DisconnectToPort (§3.6).
+            self.redial = false;
+            self.redialing = true;
+            self.events.push_back(AgentEvent::Dial);
+        }
+        let full = self.target_backlog >= self.config.target_backlog_limit;
+        if !acked && (!self.target_up || full) {
+            return false;
+        }
+        if !self.target_up {
+            self.before_dial.push(frame.payload.clone());
+            return true;
+        }
+        self.target_backlog += frame.payload.len();
+        self.events
+            .push_back(AgentEvent::ToTarget(frame.payload.clone()));
+        true
+    }
+
+    fn on_flag(&mut self, value: u32) {
+        match value {
+            flag::TERMINATE_SESSION => {
+                self.events.push_back(AgentEvent::CloseTarget);
+                self.finish("");
+            }
+            flag::DISCONNECT_TO_PORT => match self.mode {
+                // sshd-style session: a closed destination ends it (§12.1 step 7).
+                PortMode::Stream => {
+                    self.events.push_back(AgentEvent::CloseTarget);
+                    self.finish("");
+                }
+                PortMode::Basic => {
+                    self.events.push_back(AgentEvent::CloseTarget);
+                    self.target_up = false;
+                    self.redial = true;
+                }
+                PortMode::Mux => {} // ignored by the mux session (§3.6)
+            },
+            _ => {}
         }
     }
 

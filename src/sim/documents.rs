@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::agent::Plugin;
-use super::api::ApiError;
+use super::error::ApiError;
 
 /// The plugin a custom document runs and the properties the agent gets (for the shell plugins,
 /// in the simulator's flat form: `command`, `separateOutputStream`).

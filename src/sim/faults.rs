@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::proto::session::splitmix;
+use super::rng::Rng;
 
 /// What can go wrong on one direction of the link. Rates are per message, in parts per million.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,7 +83,7 @@ impl FaultPlan {
 #[derive(Debug, Clone)]
 pub struct Faults {
     plan: FaultPlan,
-    rng: u64,
+    rng: Rng,
     count: u64,
     /// Messages dropped so far (loss or drop-every).
     pub dropped: u64,
@@ -94,14 +94,14 @@ impl Faults {
     pub fn new(plan: FaultPlan, seed: u64) -> Self {
         Self {
             plan,
-            rng: seed,
+            rng: Rng::new(seed),
             count: 0,
             dropped: 0,
         }
     }
 
     fn chance(&mut self, ppm: u32) -> bool {
-        ppm > 0 && (splitmix(&mut self.rng) % 1_000_000) < u64::from(ppm)
+        self.rng.chance(ppm)
     }
 
     /// What to deliver for one message, each copy with its extra delay. Empty = lost.
@@ -116,7 +116,7 @@ impl Faults {
         }
         let msg = if self.chance(self.plan.corrupt_ppm) && msg.len() > 120 {
             let mut m = msg.to_vec();
-            let i = 120 + (splitmix(&mut self.rng) as usize) % (m.len() - 120);
+            let i = 120 + (self.rng.next_u64() as usize) % (m.len() - 120);
             m[i] ^= 0x5a;
             Bytes::from(m)
         } else {
@@ -138,7 +138,7 @@ impl Faults {
         if j == 0 {
             Duration::ZERO
         } else {
-            Duration::from_micros(splitmix(&mut self.rng) % (j + 1))
+            Duration::from_micros(self.rng.next_u64() % (j + 1))
         }
     }
 }

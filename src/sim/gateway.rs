@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aws_lc_rs::digest::{SHA256, digest};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -21,39 +20,17 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::agent::{Agent, AgentConfig, AgentEvent, Plugin, PortMode};
+use super::agent::{Agent, AgentConfig, AgentEvent, PortMode};
+use super::config::SimConfig;
 use super::faults::{DropPlan, Faults};
+use super::frames::{channel_closed, publication, widen_header};
 use super::limit::{RateLimit, Verdict};
-use super::service::Service;
+use super::service::{Attach, Service, SessionPlan, Ws};
 use super::shell::{Shell, ShellEvent, ShellSpec};
 use super::target::{TargetEvent, Targets};
 use crate::proto::crypto::encryption_context;
 use crate::proto::frame::{Frame, MessageType, flag};
 use crate::proto::payload::OpenDataChannelInput;
-
-type Ws = WebSocketStream<TcpStream>;
-
-/// What the service hands a session task.
-pub enum Attach {
-    /// A client websocket that presented a valid token.
-    Client(Box<Ws>),
-    /// TerminateSession was called.
-    Terminate,
-}
-
-/// Everything a session task needs to know at start.
-pub struct SessionPlan {
-    /// Session id.
-    pub session_id: String,
-    /// Target id.
-    pub target: String,
-    /// Document properties after substitution.
-    pub properties: Value,
-    /// Seed for ids and faults.
-    pub seed: u64,
-    /// What the document runs: Port, or a shell plugin (then [`Shell`] replaces the targets).
-    pub plugin: Plugin,
-}
 
 /// Accepts data-channel websockets until the task is dropped.
 pub async fn serve(listener: TcpListener, service: Arc<Service>) {
@@ -150,98 +127,146 @@ async fn run_session(
     service: &Service,
     mut attach: mpsc::UnboundedReceiver<Attach>,
 ) {
-    let cfg = service.config();
-    let start = Instant::now();
-    let agent_cfg = AgentConfig {
-        version: cfg.agent_version.clone(),
-        properties: plan.properties.clone(),
-        seed: plan.seed.wrapping_mul(31).wrapping_add(cfg.seed),
-        plugin: plan.plugin,
-        kms_key: cfg.kms_key.clone(),
-        bad_challenge: cfg.kms_bad_challenge,
-        fast: cfg.fast_agent,
-        ..Default::default()
-    };
-    let mut agent = Agent::new(agent_cfg, start.into_std());
-    let mut up = Faults::new(cfg.up.clone(), cfg.seed ^ plan.seed.wrapping_mul(3) ^ 0x11);
-    let mut down = Faults::new(
-        cfg.down.clone(),
-        cfg.seed ^ plan.seed.wrapping_mul(5) ^ 0x22,
-    );
-    let mut delayed: BinaryHeap<Delayed> = BinaryHeap::new();
-    let mut tie = 0u64;
-    let mut client: Option<Box<Ws>> = None;
-    let mut link = LinkState::default();
-    // (when the next pause starts, when the current one ends)
-    let mut pause: (Option<Instant>, Option<Instant>) = (cfg.pauses.every.map(|e| start + e), None);
-    let mut opened_once = false;
-    let mut targets =
-        Targets::new(plan.properties.clone(), cfg.paced).with_ports(cfg.target_ports.clone());
-    let mut shell = plan.plugin.is_shell().then(|| {
-        Shell::new(ShellSpec {
-            plugin: plan.plugin,
-            program: cfg.shell.clone(),
-            command: plan
-                .properties
-                .get("command")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            output_delay: cfg.shell_output_delay,
-        })
-    });
-    let mut finished: Option<String> = None;
-    // Client data resets the idle timeout; websocket pings do not (§16.4).
-    let mut last_activity = start;
-    let mut limit = cfg.max_msg_rate.map(|n| RateLimit::new(n, start));
-    let mut odd = 0u32;
-
+    let mut task = SessionTask::new(plan, service);
     loop {
         let now = Instant::now();
-        if let Some(idle) = cfg.idle_timeout
-            && finished.is_none()
-            && now >= last_activity + idle
-        {
-            // As the service: channel_closed to both peers (§9.2).
-            tracing::info!(session = %plan.session_id, "sim: idle timeout");
-            targets.close();
-            if let Some(shell) = shell.as_mut() {
-                shell.kill();
-            }
-            finished = Some(String::new());
+        task.check_idle(now);
+        task.agent_events(now);
+        task.relay_agent_frames(now).await;
+        task.apply_drops(now).await;
+        if let Some(output) = task.finished.take() {
+            task.close(&output).await;
+            return;
         }
-        while let Some(ev) = agent.poll_event() {
+        task.turn(&mut attach, now).await;
+    }
+}
+
+/// One session as its task runs it: the client websocket, the agent model, the agent's
+/// destination (or shell), and the faults between them.
+struct SessionTask<'a> {
+    plan: SessionPlan,
+    service: &'a Service,
+    cfg: &'a SimConfig,
+    agent: Agent,
+    up: Faults,
+    down: Faults,
+    delayed: BinaryHeap<Delayed>,
+    tie: u64,
+    client: Option<Box<Ws>>,
+    link: LinkState,
+    /// (when the next pause starts, when the current one ends)
+    pause: (Option<Instant>, Option<Instant>),
+    opened_once: bool,
+    targets: Targets,
+    shell: Option<Shell>,
+    finished: Option<String>,
+    /// Client data resets the idle timeout; websocket pings do not (§16.4).
+    last_activity: Instant,
+    limit: Option<RateLimit>,
+    odd: u32,
+}
+
+impl<'a> SessionTask<'a> {
+    fn new(plan: SessionPlan, service: &'a Service) -> Self {
+        let cfg = service.config();
+        let start = Instant::now();
+        let agent_cfg = AgentConfig {
+            version: cfg.agent_version.clone(),
+            properties: plan.properties.clone(),
+            seed: plan.seed.wrapping_mul(31).wrapping_add(cfg.seed),
+            plugin: plan.plugin,
+            kms_key: cfg.kms_key.clone(),
+            bad_challenge: cfg.kms_bad_challenge,
+            fast: cfg.fast_agent,
+            ..Default::default()
+        };
+        let shell = plan.plugin.is_shell().then(|| {
+            Shell::new(ShellSpec {
+                plugin: plan.plugin,
+                program: cfg.shell.clone(),
+                command: plan
+                    .properties
+                    .get("command")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                output_delay: cfg.shell_output_delay,
+            })
+        });
+        Self {
+            agent: Agent::new(agent_cfg, start.into_std()),
+            up: Faults::new(cfg.up.clone(), cfg.seed ^ plan.seed.wrapping_mul(3) ^ 0x11),
+            down: Faults::new(
+                cfg.down.clone(),
+                cfg.seed ^ plan.seed.wrapping_mul(5) ^ 0x22,
+            ),
+            delayed: BinaryHeap::new(),
+            tie: 0,
+            client: None,
+            link: LinkState::default(),
+            pause: (cfg.pauses.every.map(|e| start + e), None),
+            opened_once: false,
+            targets: Targets::new(plan.properties.clone(), cfg.paced)
+                .with_ports(cfg.target_ports.clone()),
+            shell,
+            finished: None,
+            last_activity: start,
+            limit: cfg.max_msg_rate.map(|n| RateLimit::new(n, start)),
+            odd: 0,
+            plan,
+            service,
+            cfg,
+        }
+    }
+
+    /// As the service: an idle session gets channel_closed on both sides (§9.2).
+    fn check_idle(&mut self, now: Instant) {
+        if let Some(idle) = self.cfg.idle_timeout
+            && self.finished.is_none()
+            && now >= self.last_activity + idle
+        {
+            tracing::info!(session = %self.plan.session_id, "sim: idle timeout");
+            self.end();
+        }
+    }
+
+    /// Closes the destination (or kills the shell).
+    fn close_destination(&mut self) {
+        self.targets.close();
+        if let Some(shell) = self.shell.as_mut() {
+            shell.kill();
+        }
+    }
+
+    /// The service ends the session: destination closed, channel_closed with no output.
+    fn end(&mut self) {
+        self.close_destination();
+        self.finished = Some(String::new());
+    }
+
+    fn agent_events(&mut self, now: Instant) {
+        while let Some(ev) = self.agent.poll_event() {
             match ev {
-                AgentEvent::Dial => match shell.as_mut() {
+                AgentEvent::Dial => match self.shell.as_mut() {
                     Some(shell) => shell.spawn(),
                     None => {
-                        if agent.mode() == PortMode::Mux {
-                            targets.use_mux();
+                        if self.agent.mode() == PortMode::Mux {
+                            self.targets.use_mux();
                         }
-                        targets.dial();
+                        self.targets.dial();
                     }
                 },
-                AgentEvent::ToTarget(b) => match shell.as_mut() {
+                AgentEvent::ToTarget(b) => match self.shell.as_mut() {
                     Some(shell) => shell.write(b),
-                    None => targets.write(b),
+                    None => self.targets.write(b),
                 },
-                AgentEvent::CloseTarget => {
-                    targets.close();
-                    if let Some(shell) = shell.as_mut() {
-                        shell.kill();
-                    }
-                }
-                AgentEvent::Finished(output) => finished = Some(output),
+                AgentEvent::CloseTarget => self.close_destination(),
+                AgentEvent::Finished(output) => self.finished = Some(output),
                 AgentEvent::DecryptKey { blob, challenge } => {
-                    let context =
-                        encryption_context(&plan.session_id, &plan.target, challenge.as_deref());
-                    let key = service.kms.decrypt(&blob, &context);
-                    if key.is_ok() {
-                        service.encrypted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    agent.set_data_key(now.into_std(), key);
+                    self.decrypt_key(now, &blob, challenge.as_deref())
                 }
                 AgentEvent::Resize(size) => {
-                    if let Some(shell) = shell.as_mut() {
+                    if let Some(shell) = self.shell.as_mut() {
                         shell.resize(size);
                     }
                 }
@@ -254,183 +279,244 @@ async fn run_session(
                 }
             }
         }
-        while let Some(frame) = agent.poll_transmit() {
-            odd += 1;
-            let frame = match cfg.odd_headers && odd.is_multiple_of(5) {
+    }
+
+    /// The agent's KMS Decrypt of the client's data key, under the session's context (§6).
+    fn decrypt_key(&mut self, now: Instant, blob: &[u8], challenge: Option<&str>) {
+        let context = encryption_context(&self.plan.session_id, &self.plan.target, challenge);
+        let key = self.service.kms.decrypt(blob, &context);
+        if key.is_ok() {
+            self.service.encrypted.fetch_add(1, Ordering::Relaxed);
+        }
+        self.agent.set_data_key(now.into_std(), key);
+    }
+
+    /// The agent's frames through the down faults to the client.
+    async fn relay_agent_frames(&mut self, now: Instant) {
+        while let Some(frame) = self.agent.poll_transmit() {
+            self.odd += 1;
+            let frame = match self.cfg.odd_headers && self.odd.is_multiple_of(5) {
                 true => widen_header(&frame),
                 false => frame,
             };
-            for (delay, msg) in down.apply(frame) {
+            for (delay, msg) in self.down.apply(frame) {
                 if delay.is_zero() {
-                    link.relay(&mut client, msg).await;
+                    self.link.relay(&mut self.client, msg).await;
                 } else {
-                    tie += 1;
-                    delayed.push(Reverse((now + delay, tie, false, msg)));
+                    self.tie += 1;
+                    self.delayed
+                        .push(Reverse((now + delay, self.tie, false, msg)));
                 }
             }
         }
         // One flush per turn for everything relayed since the last: frames leave in batches,
         // as from the real gateway, instead of a syscall each.
-        link.flush(&mut client).await;
-        if client.is_some() && link.should_drop(&cfg.drops, now) {
-            link.kill(&mut client, &cfg.drops).await;
-            if let Some(outage) = cfg.drops.outage {
-                service.begin_outage(outage);
+        self.link.flush(&mut self.client).await;
+    }
+
+    /// Kills the client's websocket when the drop plan says so.
+    async fn apply_drops(&mut self, now: Instant) {
+        if self.client.is_some() && self.link.should_drop(&self.cfg.drops, now) {
+            self.link.kill(&mut self.client, &self.cfg.drops).await;
+            if let Some(outage) = self.cfg.drops.outage {
+                self.service.begin_outage(outage);
             }
-            service.drops.fetch_add(1, Ordering::Relaxed);
+            self.service.drops.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(output) = finished.take() {
-            if let Some(ws) = client.as_mut() {
-                let _ = ws
-                    .send(Message::binary(channel_closed(&plan, &output)))
-                    .await;
-                let _ = WebSocketStream::close(&mut **ws, None).await;
-            }
-            return;
+    }
+
+    /// The session is over: channel_closed with the agent's output, then the websocket closes.
+    async fn close(&mut self, output: &str) {
+        if let Some(ws) = self.client.as_mut() {
+            let closed = channel_closed(&self.plan.target, &self.plan.session_id, output);
+            let _ = ws.send(Message::binary(closed)).await;
+            let _ = WebSocketStream::close(&mut **ws, None).await;
         }
-        let drop_at = cfg
+    }
+
+    /// When the next timer of the session is due.
+    fn deadline(&self, now: Instant) -> Instant {
+        let drop_at = self
+            .cfg
             .drops
             .after
-            .filter(|_| client.is_some() && link.may_drop(&cfg.drops));
-        let deadline = [
-            agent.poll_timeout().map(Instant::from_std),
-            delayed.peek().map(|d| d.0.0),
-            drop_at.map(|d| link.opened + d),
-            cfg.idle_timeout.map(|t| last_activity + t),
-            pause.0,
-            pause.1,
-            limit.as_ref().and_then(RateLimit::resume_at),
+            .filter(|_| self.client.is_some() && self.link.may_drop(&self.cfg.drops));
+        [
+            self.agent.poll_timeout().map(Instant::from_std),
+            self.delayed.peek().map(|d| d.0.0),
+            drop_at.map(|d| self.link.opened + d),
+            self.cfg.idle_timeout.map(|t| self.last_activity + t),
+            self.pause.0,
+            self.pause.1,
+            self.limit.as_ref().and_then(RateLimit::resume_at),
         ]
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(now + Duration::from_secs(3600));
+        .unwrap_or(now + Duration::from_secs(3600))
+    }
+
+    /// Waits for the first of: a websocket or command from the service, client messages, the
+    /// destination, the shell, a timer; and handles it.
+    async fn turn(&mut self, attach: &mut mpsc::UnboundedReceiver<Attach>, now: Instant) {
+        let deadline = self.deadline(now);
+        let can_read = self.agent.can_read_target();
         tokio::select! {
-            a = attach.recv() => match a {
-                Some(Attach::Client(ws)) => {
-                    client = Some(ws);
-                    link.attached(now, !opened_once && cfg.drops.in_handshake);
-                    link.deliver_waiting(&mut client).await;
-                    if opened_once {
-                        agent.handle_client_reconnect(now.into_std());
-                    } else {
-                        opened_once = true;
-                        agent.start(now.into_std());
-                    }
-                }
-                Some(Attach::Terminate) | None => {
-                    targets.close();
-                    if let Some(shell) = shell.as_mut() {
-                        shell.kill();
-                    }
-                    finished = Some(String::new());
-                }
-            },
+            a = attach.recv() => self.on_attach(a, now).await,
             // The faithful agent's read loop stops while its destination write blocks.
-            msg = next_message(&mut client), if !link.blackholed && agent.can_take_frames() => {
-                // What is already readable goes in the same turn, so its acks leave in one flush.
-                let mut next = Some(msg);
-                for _ in 0..=READ_BATCH {
-                    let Some(msg) = next else { break };
-                    match msg {
-                        Some(Ok(Message::Binary(b))) => {
-                            link.bytes += b.len() as u64;
-                            last_activity = now;
-                            let data = b.get(4..21) == Some(&b"input_stream_data"[..]);
-                            match limit.as_mut().map(|l| l.on_message(now, data)) {
-                                Some(Verdict::Pause) => {
-                                    tracing::info!("sim: client above --max-msg-rate; pause_publication");
-                                    service.pauses.fetch_add(1, Ordering::Relaxed);
-                                    link.relay(&mut client, publication(MessageType::PausePublication)).await;
-                                }
-                                Some(Verdict::Close) => {
-                                    tracing::info!("sim: client kept sending while paused; closing");
-                                    if let Some(mut ws) = client.take() {
-                                        let _ = WebSocketStream::close(&mut *ws, None).await;
-                                    }
-                                    break;
-                                }
-                                _ => {}
-                            }
-                            deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, b);
-                        }
-                        Some(Ok(Message::Text(t))) => deliver_up(&mut agent, &mut up, &mut delayed, &mut tie, now, Bytes::from(t)),
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => {
-                            client = None;
-                            break;
-                        }
+            msg = next_message(&mut self.client), if !self.link.blackholed && self.agent.can_take_frames() => {
+                self.on_client_messages(msg, now).await
+            }
+            ev = self.targets.next(can_read) => self.on_target(ev, now),
+            ev = next_shell(&mut self.shell, can_read) => self.on_shell(ev, now),
+            _ = tokio::time::sleep_until(deadline) => self.on_timer().await,
+        }
+    }
+
+    async fn on_attach(&mut self, attach: Option<Attach>, now: Instant) {
+        let Some(Attach::Client(ws)) = attach else {
+            // TerminateSession, or the service is gone.
+            return self.end();
+        };
+        self.client = Some(ws);
+        let kill_in_handshake = !self.opened_once && self.cfg.drops.in_handshake;
+        self.link.attached(now, kill_in_handshake);
+        self.link.deliver_waiting(&mut self.client).await;
+        if self.opened_once {
+            self.agent.handle_client_reconnect(now.into_std());
+        } else {
+            self.opened_once = true;
+            self.agent.start(now.into_std());
+        }
+    }
+
+    /// `first` and what else is already readable: in the same turn, so its acks leave in one
+    /// flush.
+    async fn on_client_messages(&mut self, first: Option<WsResult>, now: Instant) {
+        let mut next = Some(first);
+        for _ in 0..=READ_BATCH {
+            let Some(msg) = next else { break };
+            match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    if !self.on_client_binary(b, now).await {
+                        break;
                     }
-                    next = client.as_mut().and_then(|ws| ws.next().now_or_never());
+                }
+                Some(Ok(Message::Text(t))) => self.deliver_up(now, Bytes::from(t)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    self.client = None;
+                    break;
                 }
             }
-            ev = targets.next(agent.can_read_target()) => match ev {
-                TargetEvent::Connected => agent.handle_target_connected(),
-                TargetEvent::DialFailed(e) => agent.handle_target_failed(&e),
-                TargetEvent::Data(b) => agent.handle_target_data(now.into_std(), b),
-                TargetEvent::Eof if agent.mode() == PortMode::Basic => agent.handle_target_closed(),
-                TargetEvent::Eof => agent.handle_target_eof(now.into_std()),
-                TargetEvent::Written(n) => agent.handle_target_written(n),
-                TargetEvent::StreamRefused(id) => {
-                    tracing::info!(stream = id, "sim: destination refused a mux stream");
-                    agent.send_flag(now.into_std(), flag::CONNECT_TO_PORT_ERROR);
-                    if let TargetEvent::Data(fin) = targets.take_mux_bytes() {
-                        agent.handle_target_data(now.into_std(), fin);
-                    }
+            next = self.client.as_mut().and_then(|ws| ws.next().now_or_never());
+        }
+    }
+
+    /// One binary client message, under the rate limit; false when that closed the websocket.
+    async fn on_client_binary(&mut self, b: Bytes, now: Instant) -> bool {
+        self.link.bytes += b.len() as u64;
+        self.last_activity = now;
+        let data = b.get(4..21) == Some(&b"input_stream_data"[..]);
+        match self.limit.as_mut().map(|l| l.on_message(now, data)) {
+            Some(Verdict::Pause) => {
+                tracing::info!("sim: client above --max-msg-rate; pause_publication");
+                self.service.pauses.fetch_add(1, Ordering::Relaxed);
+                let pause = publication(MessageType::PausePublication);
+                self.link.relay(&mut self.client, pause).await;
+            }
+            Some(Verdict::Close) => {
+                tracing::info!("sim: client kept sending while paused; closing");
+                if let Some(mut ws) = self.client.take() {
+                    let _ = WebSocketStream::close(&mut *ws, None).await;
                 }
-                TargetEvent::Nothing => {}
-            },
-            ev = next_shell(&mut shell, agent.can_read_target()) => match ev {
-                ShellEvent::Started => agent.handle_target_connected(),
-                ShellEvent::Failed(e) => agent.handle_shell_failed(&e),
-                ShellEvent::Output(b) => agent.handle_target_data(now.into_std(), b),
-                ShellEvent::Stderr(b) => agent.handle_target_stderr(now.into_std(), b),
-                ShellEvent::Written(n) => agent.handle_target_written(n),
-                ShellEvent::Exited(code) => agent.handle_process_exit(now.into_std(), code),
-                ShellEvent::Nothing => {}
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                let now = Instant::now();
-                agent.handle_timeout(now.into_std());
-                if let Some(l) = limit.as_mut().filter(|l| l.resume_at().is_some_and(|t| t <= now)) {
-                    l.resumed(now);
-                    link.relay(&mut client, publication(MessageType::StartPublication)).await;
-                }
-                if pause.0.is_some_and(|t| t <= now) {
-                    link.relay(&mut client, publication(MessageType::PausePublication)).await;
-                    service.pauses.fetch_add(1, Ordering::Relaxed);
-                    pause = (None, Some(now + cfg.pauses.length));
-                } else if pause.1.is_some_and(|t| t <= now) {
-                    link.relay(&mut client, publication(MessageType::StartPublication)).await;
-                    pause = (cfg.pauses.every.map(|e| now + e), None);
-                }
-                while delayed.peek().is_some_and(|d| d.0.0 <= now) {
-                    let Some(Reverse((_, _, to_agent, msg))) = delayed.pop() else { break };
-                    if to_agent {
-                        agent.handle_frame(now.into_std(), &msg);
-                    } else {
-                        link.relay(&mut client, msg).await;
-                    }
-                }
+                return false;
+            }
+            _ => {}
+        }
+        self.deliver_up(now, b);
+        true
+    }
+
+    /// A client frame through the up faults to the agent.
+    fn deliver_up(&mut self, now: Instant, msg: Bytes) {
+        for (delay, m) in self.up.apply(msg) {
+            if delay.is_zero() {
+                self.agent.handle_frame(now.into_std(), &m);
+            } else {
+                self.tie += 1;
+                self.delayed.push(Reverse((now + delay, self.tie, true, m)));
             }
         }
     }
-}
 
-fn deliver_up(
-    agent: &mut Agent,
-    up: &mut Faults,
-    delayed: &mut BinaryHeap<Delayed>,
-    tie: &mut u64,
-    now: Instant,
-    msg: Bytes,
-) {
-    for (delay, m) in up.apply(msg) {
-        if delay.is_zero() {
-            agent.handle_frame(now.into_std(), &m);
-        } else {
-            *tie += 1;
-            delayed.push(Reverse((now + delay, *tie, true, m)));
+    fn on_target(&mut self, ev: TargetEvent, now: Instant) {
+        let now = now.into_std();
+        match ev {
+            TargetEvent::Connected => self.agent.handle_target_connected(),
+            TargetEvent::DialFailed(e) => self.agent.handle_target_failed(&e),
+            TargetEvent::Data(b) => self.agent.handle_target_data(now, b),
+            TargetEvent::Eof if self.agent.mode() == PortMode::Basic => {
+                self.agent.handle_target_closed()
+            }
+            TargetEvent::Eof => self.agent.handle_target_eof(now),
+            TargetEvent::Written(n) => self.agent.handle_target_written(n),
+            TargetEvent::StreamRefused(id) => {
+                tracing::info!(stream = id, "sim: destination refused a mux stream");
+                self.agent.send_flag(now, flag::CONNECT_TO_PORT_ERROR);
+                if let TargetEvent::Data(fin) = self.targets.take_mux_bytes() {
+                    self.agent.handle_target_data(now, fin);
+                }
+            }
+            TargetEvent::Nothing => {}
+        }
+    }
+
+    fn on_shell(&mut self, ev: ShellEvent, now: Instant) {
+        let now = now.into_std();
+        match ev {
+            ShellEvent::Started => self.agent.handle_target_connected(),
+            ShellEvent::Failed(e) => self.agent.handle_shell_failed(&e),
+            ShellEvent::Output(b) => self.agent.handle_target_data(now, b),
+            ShellEvent::Stderr(b) => self.agent.handle_target_stderr(now, b),
+            ShellEvent::Written(n) => self.agent.handle_target_written(n),
+            ShellEvent::Exited(code) => self.agent.handle_process_exit(now, code),
+            ShellEvent::Nothing => {}
+        }
+    }
+
+    /// Timers: the agent's, the rate limit's resume, publication pauses, delayed frames.
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        self.agent.handle_timeout(now.into_std());
+        if let Some(l) = self
+            .limit
+            .as_mut()
+            .filter(|l| l.resume_at().is_some_and(|t| t <= now))
+        {
+            l.resumed(now);
+            let start = publication(MessageType::StartPublication);
+            self.link.relay(&mut self.client, start).await;
+        }
+        if self.pause.0.is_some_and(|t| t <= now) {
+            let pause = publication(MessageType::PausePublication);
+            self.link.relay(&mut self.client, pause).await;
+            self.service.pauses.fetch_add(1, Ordering::Relaxed);
+            self.pause = (None, Some(now + self.cfg.pauses.length));
+        } else if self.pause.1.is_some_and(|t| t <= now) {
+            let start = publication(MessageType::StartPublication);
+            self.link.relay(&mut self.client, start).await;
+            self.pause = (self.cfg.pauses.every.map(|e| now + e), None);
+        }
+        while self.delayed.peek().is_some_and(|d| d.0.0 <= now) {
+            let Some(Reverse((_, _, to_agent, msg))) = self.delayed.pop() else {
+                break;
+            };
+            if to_agent {
+                self.agent.handle_frame(now.into_std(), &msg);
+            } else {
+                self.link.relay(&mut self.client, msg).await;
+            }
         }
     }
 }
@@ -556,70 +642,12 @@ async fn next_shell(shell: &mut Option<Shell>, can_read: bool) -> ShellEvent {
     }
 }
 
-async fn next_message(
-    client: &mut Option<Box<Ws>>,
-) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+/// What reading the client's websocket gives.
+type WsResult = Result<Message, tokio_tungstenite::tungstenite::Error>;
+
+async fn next_message(client: &mut Option<Box<Ws>>) -> Option<WsResult> {
     match client.as_mut() {
         Some(ws) => ws.next().await,
         None => std::future::pending().await,
     }
-}
-
-/// The same frame with a HeaderLength of 124 (8 bytes of padding before PayloadLength): the
-/// official parsers take the payload from HL + 4, so clients must too (§16.3).
-fn widen_header(frame: &Bytes) -> Bytes {
-    const HL: usize = crate::proto::frame::HEADER_LEN as usize;
-    if frame.len() < HL + 4 || frame.get(..4) != Some(&(HL as u32).to_be_bytes()[..]) {
-        return frame.clone();
-    }
-    let mut b = BytesMut::with_capacity(frame.len() + 8);
-    b.put_u32(HL as u32 + 8);
-    b.put_slice(&frame[4..HL]);
-    b.put_bytes(0, 8);
-    b.put_slice(&frame[HL..]);
-    b.freeze()
-}
-
-/// A service `pause_publication` / `start_publication` (no payload, not sequenced, §7).
-fn publication(kind: MessageType) -> Bytes {
-    Frame {
-        message_type: kind,
-        schema_version: 1,
-        created_date: 1_700_000_000_000,
-        sequence: 0,
-        flags: 0,
-        message_id: uuid::Uuid::new_v4(),
-        payload_type: 0,
-        payload: Bytes::new(),
-    }
-    .encode()
-}
-
-/// A service-style `channel_closed`: HL 112, NUL-padded type, no PayloadType (§3.3, §13.2 V8).
-pub fn channel_closed(plan: &SessionPlan, output: &str) -> Bytes {
-    let id = uuid::Uuid::new_v4();
-    let payload = json!({
-        "MessageType": "channel_closed",
-        "MessageId": id.to_string(),
-        "CreatedDate": "2026-01-01T00:00:00.000Z",
-        "DestinationId": plan.target,
-        "SessionId": plan.session_id,
-        "SchemaVersion": 1,
-        "Output": output,
-    })
-    .to_string();
-    let mut b = BytesMut::with_capacity(116 + payload.len());
-    b.put_u32(112);
-    b.put_slice(b"channel_closed");
-    b.put_bytes(0, 32 - "channel_closed".len());
-    b.put_u32(1);
-    b.put_u64(1_700_000_000_000);
-    b.put_i64(0);
-    b.put_u64(0);
-    b.put_slice(&id.as_bytes()[8..]);
-    b.put_slice(&id.as_bytes()[..8]);
-    b.put_slice(digest(&SHA256, payload.as_bytes()).as_ref());
-    b.put_u32(payload.len() as u32);
-    b.put_slice(payload.as_bytes());
-    b.freeze()
 }

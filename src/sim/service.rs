@@ -2,17 +2,49 @@
 //! operations on them. The websocket side lives in `gateway`, the agent in `agent`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
 
-use super::SimConfig;
 use super::agent::Plugin;
+use super::config::SimConfig;
 use super::error::ApiError;
-use super::gateway::{Attach, SessionPlan};
+
+/// The client's data-channel websocket.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// What the service hands a session task.
+pub enum Attach {
+    /// A client websocket that presented a valid token.
+    Client(Box<Ws>),
+    /// TerminateSession was called.
+    Terminate,
+}
+
+/// Everything a session task needs to know at start.
+pub struct SessionPlan {
+    /// Session id.
+    pub session_id: String,
+    /// Target id.
+    pub target: String,
+    /// Document properties after substitution.
+    pub properties: Value,
+    /// Seed for ids and faults.
+    pub seed: u64,
+    /// What the document runs: Port, or a shell plugin (then [`super::shell::Shell`] replaces
+    /// the targets).
+    pub plugin: Plugin,
+}
+
+/// Starts the task of a new session (the gateway's); the returned sender feeds it websockets
+/// and commands. Passed in so that the service need not know the gateway.
+pub type Launch = fn(SessionPlan, Arc<Service>) -> mpsc::UnboundedSender<Attach>;
 
 /// A live session as the service knows it.
 struct Entry {
@@ -49,6 +81,7 @@ pub struct SimStats {
 /// Shared state of one simulator instance.
 pub struct Service {
     config: SimConfig,
+    launch: Launch,
     ws_base: String,
     sessions: Mutex<HashMap<String, Entry>>,
     started: AtomicU64,
@@ -78,9 +111,11 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service whose stream URLs point at `ws_base` (e.g. `ws://127.0.0.1:1234`).
-    pub fn new(config: SimConfig, ws_base: String) -> Self {
+    /// A service whose stream URLs point at `ws_base` (e.g. `ws://127.0.0.1:1234`) and whose
+    /// sessions `launch` starts.
+    pub fn new(config: SimConfig, ws_base: String, launch: Launch) -> Self {
         Self {
+            launch,
             eic: super::fleet::EicKeys::new(config.eic_validity),
             kms: super::kms::Kms::new(config.kms_denied.clone()),
             throttle: super::throttle::Throttle::new(config.api_limit),
@@ -121,7 +156,10 @@ impl Service {
 
     /// The keys whose signatures the gateway accepts: the printed one and the configured extras.
     pub fn signing_keys(&self) -> Vec<(String, String)> {
-        let mut keys = vec![(super::ACCESS_KEY.to_owned(), self.config.secret.clone())];
+        let mut keys = vec![(
+            super::config::ACCESS_KEY.to_owned(),
+            self.config.secret.clone(),
+        )];
         keys.extend(self.config.keys.iter().cloned());
         keys
     }
@@ -188,11 +226,50 @@ impl Service {
     }
 
     /// `StartSession`.
-    pub fn start_session(self: &std::sync::Arc<Self>, input: &Value) -> Result<Value, ApiError> {
+    pub fn start_session(self: &Arc<Self>, input: &Value) -> Result<Value, ApiError> {
         let target = input
             .get("Target")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        self.check_target(target)?;
+        let document = input
+            .get("DocumentName")
+            .and_then(Value::as_str)
+            .unwrap_or("SSM-SessionManagerRunShell");
+        // The real API's constraint on Reason: 1 to 256 characters (`^.{1,256}$`).
+        let reason = input.get("Reason").and_then(Value::as_str);
+        if reason.is_some_and(|r| r.is_empty() || r.chars().count() > 256 || r.contains('\n')) {
+            return Err(ApiError::client(
+                "ValidationException",
+                "1 validation error detected: Value at 'reason' failed to satisfy constraint: \
+                 Member must satisfy regular expression pattern: ^.{1,256}$",
+            ));
+        }
+        let params = input.get("Parameters").cloned().unwrap_or(Value::Null);
+        let custom = self
+            .config
+            .documents
+            .iter()
+            .find(|(name, _)| name == document);
+        if let Some((_, content)) = custom {
+            let (plugin, properties) = super::documents::resolve(content, &params)?;
+            return Ok(self.spawn(target, plugin, properties, "sim", reason));
+        }
+        let plugin = match document {
+            "SSM-SessionManagerRunShell" => Plugin::Shell,
+            "AWS-StartInteractiveCommand" => Plugin::InteractiveCommands,
+            "AWS-StartNonInteractiveCommand" => Plugin::NonInteractiveCommands,
+            _ => Plugin::Port,
+        };
+        if !matches!(plugin, Plugin::Port) && !self.runs_commands(target) {
+            return Err(commands_denied(target, document));
+        }
+        let properties = builtin_properties(document, &params)?;
+        Ok(self.spawn(target, plugin, properties, "sim", reason))
+    }
+
+    /// StartSession's refusals for the target itself: invalid, denied, or not connected.
+    fn check_target(&self, target: &str) -> Result<(), ApiError> {
         if target.is_empty() || target.len() > 400 {
             return Err(ApiError::client(
                 "ValidationException",
@@ -224,89 +301,13 @@ impl Service {
                 format!("{target} is not connected."),
             ));
         }
-        let document = input
-            .get("DocumentName")
-            .and_then(Value::as_str)
-            .unwrap_or("SSM-SessionManagerRunShell");
-        // The real API's constraint on Reason: 1 to 256 characters (`^.{1,256}$`).
-        let reason = input.get("Reason").and_then(Value::as_str);
-        if reason.is_some_and(|r| r.is_empty() || r.chars().count() > 256 || r.contains('\n')) {
-            return Err(ApiError::client(
-                "ValidationException",
-                "1 validation error detected: Value at 'reason' failed to satisfy constraint: \
-                 Member must satisfy regular expression pattern: ^.{1,256}$",
-            ));
-        }
-        let params = input.get("Parameters").cloned().unwrap_or(Value::Null);
-        let param = |name: &str| {
-            params
-                .get(name)
-                .and_then(|v| v.get(0))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let custom = self
-            .config
-            .documents
-            .iter()
-            .find(|(name, _)| name == document);
-        if let Some((_, content)) = custom {
-            let (plugin, properties) = super::documents::resolve(content, &params)?;
-            return Ok(self.spawn(target, plugin, properties, "sim", reason));
-        }
-        let plugin = match document {
-            "SSM-SessionManagerRunShell" => Plugin::Shell,
-            "AWS-StartInteractiveCommand" => Plugin::InteractiveCommands,
-            "AWS-StartNonInteractiveCommand" => Plugin::NonInteractiveCommands,
-            _ => Plugin::Port,
-        };
-        if !matches!(plugin, Plugin::Port) && !self.runs_commands(target) {
-            return Err(commands_denied(target, document));
-        }
-        let properties = match document {
-            // The shell: what it runs comes from the sim's configuration (§12.3).
-            "SSM-SessionManagerRunShell" => json!({}),
-            "AWS-StartInteractiveCommand" | "AWS-StartNonInteractiveCommand" => {
-                let command = param("command").filter(|c| !c.trim().is_empty());
-                let command = command.ok_or_else(|| {
-                    ApiError::client(
-                        "InvalidParameters",
-                        "Parameter \"command\" is required by the document.",
-                    )
-                })?;
-                // NonInteractiveCommands: stderr apart and the exit status only on request
-                // (the document's `separateOutputStream`, default "false").
-                match param("separateOutputStream") {
-                    Some(separate) => json!({"command": command, "separateOutputStream": separate}),
-                    None => json!({"command": command}),
-                }
-            }
-            "AWS-StartSSHSession" => json!({"portNumber": port_param(param("portNumber"), "22")?}),
-            "AWS-StartPortForwardingSession" => json!({
-                "portNumber": port_param(param("portNumber"), "80")?,
-                "type": "LocalPortForwarding",
-                "localPortNumber": param("localPortNumber").unwrap_or_else(|| "0".into()),
-            }),
-            "AWS-StartPortForwardingSessionToRemoteHost" => json!({
-                "portNumber": port_param(param("portNumber"), "80")?,
-                "type": "LocalPortForwarding",
-                "localPortNumber": param("localPortNumber").unwrap_or_else(|| "0".into()),
-                "host": param("host").unwrap_or_default(),
-            }),
-            other => {
-                return Err(ApiError::client(
-                    "InvalidDocument",
-                    format!("Document with name {other} does not exist."),
-                ));
-            }
-        };
-        Ok(self.spawn(target, plugin, properties, "sim", reason))
+        Ok(())
     }
 
     /// Starts a session of the simulated agent; returns SessionId, TokenValue and StreamUrl
     /// (ids start with `prefix`; `reason` is StartSession's `Reason`).
     fn spawn(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         target: &str,
         plugin: Plugin,
         properties: Value,
@@ -326,7 +327,7 @@ impl Service {
             seed: n,
             plugin,
         };
-        let attach = super::gateway::spawn_session(plan, self.clone());
+        let attach = (self.launch)(plan, self.clone());
         self.lock().insert(
             session_id.clone(),
             Entry {
@@ -345,7 +346,7 @@ impl Service {
 
     /// ECS `ExecuteCommand`: the command on the container's pty (InteractiveCommands), its
     /// session in the response's camelCase `session` (§16.2).
-    pub fn execute_command(self: &std::sync::Arc<Self>, input: &Value) -> Result<Value, ApiError> {
+    pub fn execute_command(self: &Arc<Self>, input: &Value) -> Result<Value, ApiError> {
         let ecs = super::ecs::execute_command(&self.config.ecs_tasks, &self.config.denied, input)?;
         if !self.runs_commands(&ecs.target) {
             return Err(commands_denied(&ecs.target, "AWS-StartInteractiveCommand"));
@@ -510,6 +511,54 @@ fn commands_denied(target: &str, document: &str) -> ApiError {
              --allow-commands)"
         ),
     }
+}
+
+/// The properties of one of AWS's own session documents, from StartSession's `Parameters`.
+fn builtin_properties(document: &str, params: &Value) -> Result<Value, ApiError> {
+    let param = |name: &str| {
+        params
+            .get(name)
+            .and_then(|v| v.get(0))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    Ok(match document {
+        // The shell: what it runs comes from the sim's configuration (§12.3).
+        "SSM-SessionManagerRunShell" => json!({}),
+        "AWS-StartInteractiveCommand" | "AWS-StartNonInteractiveCommand" => {
+            let command = param("command").filter(|c| !c.trim().is_empty());
+            let command = command.ok_or_else(|| {
+                ApiError::client(
+                    "InvalidParameters",
+                    "Parameter \"command\" is required by the document.",
+                )
+            })?;
+            // NonInteractiveCommands: stderr apart and the exit status only on request
+            // (the document's `separateOutputStream`, default "false").
+            match param("separateOutputStream") {
+                Some(separate) => json!({"command": command, "separateOutputStream": separate}),
+                None => json!({"command": command}),
+            }
+        }
+        "AWS-StartSSHSession" => json!({"portNumber": port_param(param("portNumber"), "22")?}),
+        "AWS-StartPortForwardingSession" => json!({
+            "portNumber": port_param(param("portNumber"), "80")?,
+            "type": "LocalPortForwarding",
+            "localPortNumber": param("localPortNumber").unwrap_or_else(|| "0".into()),
+        }),
+        "AWS-StartPortForwardingSessionToRemoteHost" => json!({
+            "portNumber": port_param(param("portNumber"), "80")?,
+            "type": "LocalPortForwarding",
+            "localPortNumber": param("localPortNumber").unwrap_or_else(|| "0".into()),
+            "host": param("host").unwrap_or_default(),
+        }),
+        other => {
+            return Err(ApiError::client(
+                "InvalidDocument",
+                format!("Document with name {other} does not exist."),
+            ));
+        }
+    })
 }
 
 fn looks_like_target(t: &str) -> bool {

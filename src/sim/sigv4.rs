@@ -73,24 +73,7 @@ fn check(
     let headers = req.headers;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let auth = header("authorization").ok_or("missing Authorization (unsigned upgrade)")?;
-    let rest = auth
-        .strip_prefix("AWS4-HMAC-SHA256 ")
-        .ok_or("not an AWS4-HMAC-SHA256 signature")?;
-    let mut credential = None;
-    let mut signed = None;
-    let mut signature = None;
-    for part in rest.split(',').map(str::trim) {
-        match part.split_once('=') {
-            Some(("Credential", v)) => credential = Some(v),
-            Some(("SignedHeaders", v)) => signed = Some(v),
-            Some(("Signature", v)) => signature = Some(v),
-            _ => {}
-        }
-    }
-    let (credential, signed, signature) = match (credential, signed, signature) {
-        (Some(c), Some(h), Some(s)) => (c, h, s),
-        _ => return Err("Authorization lacks Credential, SignedHeaders or Signature".into()),
-    };
+    let (credential, signed, signature) = parse_authorization(auth)?;
     let scope: Vec<&str> = credential.split('/').collect();
     let [key_id, day, region, service, "aws4_request"] = scope[..] else {
         return Err(format!("malformed credential scope {credential:?}"));
@@ -135,11 +118,58 @@ fn check(
         return Err("X-Amz-Security-Token and SignedHeaders disagree".into());
     }
     let identity = Credentials::new(key_id, secret, token, None, "simulator").into();
+    let scope = Scope {
+        region,
+        service,
+        time,
+    };
+    if signature_of(req, &identity, &scope, pairs)? != signature {
+        return Err("signature mismatch".into());
+    }
+    Ok(key_id.to_owned())
+}
+
+/// (Credential, SignedHeaders, Signature) of an `Authorization` header.
+fn parse_authorization(auth: &str) -> Result<(&str, &str, &str), String> {
+    let rest = auth
+        .strip_prefix("AWS4-HMAC-SHA256 ")
+        .ok_or("not an AWS4-HMAC-SHA256 signature")?;
+    let mut credential = None;
+    let mut signed = None;
+    let mut signature = None;
+    for part in rest.split(',').map(str::trim) {
+        match part.split_once('=') {
+            Some(("Credential", v)) => credential = Some(v),
+            Some(("SignedHeaders", v)) => signed = Some(v),
+            Some(("Signature", v)) => signature = Some(v),
+            _ => {}
+        }
+    }
+    match (credential, signed, signature) {
+        (Some(c), Some(h), Some(s)) => Ok((c, h, s)),
+        _ => Err("Authorization lacks Credential, SignedHeaders or Signature".into()),
+    }
+}
+
+/// Where and when a request was signed.
+struct Scope<'a> {
+    region: &'a str,
+    service: &'a str,
+    time: SystemTime,
+}
+
+/// The signature the request's signed headers (`pairs`) give with `identity`'s key.
+fn signature_of(
+    req: &Signed<'_>,
+    identity: &aws_smithy_runtime_api::client::identity::Identity,
+    scope: &Scope<'_>,
+    pairs: Vec<(&str, &str)>,
+) -> Result<String, String> {
     let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(time)
+        .identity(identity)
+        .region(scope.region)
+        .name(scope.service)
+        .time(scope.time)
         .settings(aws_sigv4::http_request::SigningSettings::default())
         .build()
         .map_err(|e| e.to_string())?
@@ -152,10 +182,7 @@ fn check(
     )
     .map_err(|e| e.to_string())?;
     let expected = aws_sigv4::http_request::sign(request, &params).map_err(|e| e.to_string())?;
-    if expected.signature() != signature {
-        return Err("signature mismatch".into());
-    }
-    Ok(key_id.to_owned())
+    Ok(expected.signature().to_owned())
 }
 
 /// `YYYYMMDDTHHMMSSZ` as a time.
