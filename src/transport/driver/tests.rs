@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::Stream;
@@ -237,6 +237,35 @@ fn closed(output: &str) -> Bytes {
     .encode()
 }
 
+/// Virtual time stands still while a task spins, so no `timeout` bounds a hot loop: a test
+/// still running after a minute of real time aborts the test binary instead of hanging it.
+struct Watchdog(Arc<AtomicBool>);
+
+impl Watchdog {
+    fn start() -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = done.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(60) {
+                if finished.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("a driver test ran for a minute of real time: a hot loop?");
+            std::process::abort();
+        });
+        Self(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A driver running a session against the fake, and the test's handles on both ends.
 struct Run {
     fake: Fake,
@@ -247,12 +276,14 @@ struct Run {
     signals: mpsc::Sender<i32>,
     /// The session's result and how many times it resumed.
     done: JoinHandle<(Result<Outcome, DriveError>, u32)>,
+    _watchdog: Watchdog,
 }
 
 impl Run {
     /// Starts a session with `config` (local output holds `output_room` messages) and waits
     /// for its handshake.
     async fn start(config: DriverConfig, output_room: usize) -> Self {
+        let watchdog = Watchdog::start();
         let (links_tx, links) = mpsc::unbounded_channel();
         let (control, control_rx) = mpsc::unbounded_channel();
         let target = Arc::new(Mutex::new(Vec::new()));
@@ -293,6 +324,7 @@ impl Run {
             output,
             signals,
             done,
+            _watchdog: watchdog,
         }
     }
 
