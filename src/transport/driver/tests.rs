@@ -99,10 +99,9 @@ impl Service for Fake {
             });
         }
         let read = self.read.clone();
-        let reader = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-            .inspect(move |_| {
-                read.fetch_add(1, Ordering::Relaxed);
-            });
+        let reader = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).inspect(move |_| {
+            read.fetch_add(1, Ordering::Relaxed);
+        });
         Ok((tx, Box::pin(reader)))
     }
 
@@ -307,7 +306,9 @@ impl Run {
         let (ready_tx, ready) = oneshot::channel();
         let service = fake.clone();
         let done = tokio::spawn(async move {
-            let mut driver = Driver::connect(service, grant("s-1"), config).await.unwrap();
+            let mut driver = Driver::connect(service, grant("s-1"), config)
+                .await
+                .unwrap();
             let local = Local {
                 input: input_rx,
                 output: output_tx,
@@ -462,7 +463,10 @@ async fn resume_session_without_a_token_ends_the_session_as_gone() {
     let fake = run.fake.clone();
     let (result, resumes) = run.end().await;
     let outcome = result.unwrap();
-    assert_eq!((outcome.end, outcome.terminated, resumes), (End::Gone, false, 0));
+    assert_eq!(
+        (outcome.end, outcome.terminated, resumes),
+        (End::Gone, false, 0)
+    );
     let shared = fake.shared.lock().unwrap();
     assert_eq!(shared.resumes.len(), 1);
     assert!(shared.terminates.is_empty(), "nothing left to terminate");
@@ -484,7 +488,11 @@ async fn websockets_that_die_empty_are_redialed_with_a_growing_delay() {
     // 100 ms doubling to 5 s: 17 dials in the minute after the first empty one.
     assert_eq!(&gaps[..7], [100, 200, 400, 800, 1600, 3200, 5000]);
     assert!(gaps[7..].iter().all(|&g| g == 5000), "{gaps:?}");
-    assert!((15..=20).contains(&shared.dials.len()), "{}", shared.dials.len());
+    assert!(
+        (15..=20).contains(&shared.dials.len()),
+        "{}",
+        shared.dials.len()
+    );
 }
 
 #[tokio::test(start_paused = true)]
