@@ -4,7 +4,8 @@
 //!
 //! The local side is two channels, so every front-end (stdio relay, TCP forward, smux, shell)
 //! uses the same driver: `input` closing means local EOF, `output` closing means the local
-//! reader is gone.
+//! reader is gone. The service side is a [`Service`]: [`Aws`] and the real websocket, or the
+//! tests' in-memory fake on tokio's paused clock (driver/tests.rs).
 
 use std::time::Duration;
 
