@@ -18,6 +18,9 @@ const KEY: &str = "alias/ssm-sessions";
 /// Bound for a run that must fail.
 const FAIL_BOUND: u64 = 15;
 
+/// The line the official client prints once a session is KMS-encrypted.
+const ENCRYPTED_NOTICE: &str = "This session is encrypted using AWS KMS.";
+
 fn kms(config: SimConfig) -> SimConfig {
     SimConfig {
         kms_key: Some(KEY.into()),
@@ -30,6 +33,8 @@ fn ssh_and_scp_8mib_both_ways_through_an_encrypted_session() {
     let fx = Fixture::with(kms(SimConfig::default()));
     let out = run_ok(fx.ssh().arg("echo encrypted"), 60);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "encrypted\n");
+    // What the official client shows, on stderr (stdout is the byte stream).
+    assert!(String::from_utf8_lossy(&out.stderr).contains(ENCRYPTED_NOTICE));
     fx.scp_round_trip(8, 81);
     // ssh, scp up, scp down: each session ran on a KMS data key.
     assert_eq!(fx.sim.stats().encrypted, 3);
@@ -73,6 +78,7 @@ fn remote_command_under_kms_keeps_its_exit_status() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "sealed\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(ENCRYPTED_NOTICE));
     assert_eq!(sim.stats().encrypted, 1);
 }
 

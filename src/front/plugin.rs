@@ -281,6 +281,7 @@ impl Handed {
         let config = DriverConfig {
             resume_timeout: Duration::from_secs(env_resume_timeout()),
             target: self.target.clone(),
+            notify: super::report::notify,
             // Port forwarding must not take output before a local connection exists, and
             // whether this is port forwarding is known only after the handshake.
             session: SessionConfig {

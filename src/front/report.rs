@@ -5,7 +5,7 @@
 
 use crate::aws::AwsError;
 use crate::cli::UsageError;
-use crate::transport::{DriveError, End};
+use crate::transport::{DriveError, End, Notice};
 
 /// Bad arguments (clap's own status).
 pub const USAGE: u8 = 2;
@@ -77,6 +77,14 @@ pub fn session_end(end: &End, session_id: &str) {
         End::Closed => eprintln!("Exiting session with sessionId: {session_id}."),
         End::Gone => eprintln!("Session: {session_id} timed out."),
         End::LocalEof | End::LocalGone | End::Signal(_) => {}
+    }
+}
+
+/// Shows a session [`Notice`] as the official client does (on stderr: stdout may be the byte
+/// stream).
+pub fn notify(notice: &Notice) {
+    match notice {
+        Notice::Encrypted => eprintln!("This session is encrypted using AWS KMS."),
     }
 }
 

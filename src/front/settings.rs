@@ -113,6 +113,7 @@ impl SessionSettings {
             hangup: (mode == Mode::Relay).then_some(os::SIGHUP),
             target: target.to_owned(),
             destination: destination.to_owned(),
+            notify: super::report::notify,
             ..Default::default()
         }
     }

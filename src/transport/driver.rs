@@ -4,18 +4,19 @@
 //!
 //! The local side is two channels, so every front-end (stdio relay, TCP forward, smux, shell)
 //! uses the same driver: `input` closing means local EOF, `output` closing means the local
-//! reader is gone.
+//! reader is gone. The service side is a [`Service`]: [`Aws`] and the real websocket, or the
+//! tests' in-memory fake on tokio's paused clock (driver/tests.rs).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::SplitStream;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::websocket::{self, Ws};
+use super::service::Service;
+use super::websocket;
 use crate::aws::{Aws, AwsError, SessionGrant};
 use crate::proto::payload::Size;
 use crate::proto::{Event, Session, SessionConfig, SessionError, SessionKind};
@@ -45,6 +46,16 @@ pub struct DriverConfig {
     pub target: String,
     /// `HOST:PORT` the agent dials (port forwarding), for messages.
     pub destination: String,
+    /// Tells the user what the front end chooses to show of a [`Notice`] (the driver prints
+    /// nothing itself: stdout may be the byte stream).
+    pub notify: fn(&Notice),
+}
+
+/// Something about the session the user may want to know, shown as the front end decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The handshake completed with KMS encryption on (§6).
+    Encrypted,
 }
 
 impl Default for DriverConfig {
@@ -58,6 +69,7 @@ impl Default for DriverConfig {
             hangup: None,
             target: String::new(),
             destination: String::new(),
+            notify: |_| {},
         }
     }
 }
@@ -194,14 +206,14 @@ impl DriveError {
 }
 
 /// One session's live state.
-pub struct Driver {
-    aws: Aws,
+pub struct Driver<S: Service = Aws> {
+    service: S,
     grant: SessionGrant,
     client_id: String,
     config: DriverConfig,
     session: Session,
     writer: mpsc::UnboundedSender<Message>,
-    reader: SplitStream<Ws>,
+    reader: S::Reader,
     last_heard: Instant,
     exit_code: Option<i32>,
     resumes: u32,
@@ -212,25 +224,51 @@ pub struct Driver {
     flap_delay: Duration,
 }
 
+/// The local side's state across turns of [`Driver::run`]'s loop.
+struct LocalState {
+    /// Local input is still open (its end is local EOF).
+    input_open: bool,
+    /// After local EOF with everything acked: when to stop waiting for channel_closed.
+    eof_quiet_until: Option<Instant>,
+    /// Byte-stream sessions: the local reader is gone (its output is dropped).
+    output_gone: bool,
+    /// When ssh hung up: the bound on waiting for the agent to end the session.
+    hangup_until: Option<Instant>,
+}
+
+/// What one turn of the loop came to.
+enum Step {
+    /// Go round again.
+    Next,
+    /// The websocket is lost: resume it.
+    Lost,
+    /// End the session from our side.
+    End(End),
+}
+
 /// Websocket messages already readable that one turn of the loop takes after the first.
 const READ_BATCH: usize = 256;
 /// First and largest wait before resuming a websocket that died without carrying anything.
 const FLAP_DELAY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// First and largest wait between failed ResumeSession attempts.
+const RESUME_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
-impl Driver {
+impl<S: Service> Driver<S> {
     /// Opens the data channel for a freshly started session (retrying the same token briefly,
     /// as the official client does, §10 step 1).
     pub async fn connect(
-        aws: Aws,
+        service: S,
         grant: SessionGrant,
         mut config: DriverConfig,
     ) -> Result<Self, DriveError> {
         let client_id = uuid::Uuid::new_v4().to_string();
-        websocket::check_url(aws.net(), &grant.stream_url).map_err(DriveError::StreamUrl)?;
+        service
+            .check_url(&grant.stream_url)
+            .map_err(DriveError::StreamUrl)?;
         let mut attempt = 0;
-        let ws = loop {
-            match websocket::open(&grant.stream_url, &grant.token, &client_id, &aws).await {
-                Ok(ws) => break ws,
+        let (writer, reader) = loop {
+            match service.open(&grant, &client_id).await {
+                Ok(channel) => break channel,
                 Err(e) if websocket::forbidden(&e) => {
                     return Err(DriveError::Forbidden(shown_url(&grant.stream_url)));
                 }
@@ -251,9 +289,8 @@ impl Driver {
         config.session.unix_ms_at_start = unix_ms();
         config.session.seed = random_seed();
         let session = Session::new(config.session.clone(), now.into_std());
-        let (writer, reader) = split(ws);
         Ok(Self {
-            aws,
+            service,
             grant,
             client_id,
             config,
@@ -344,179 +381,270 @@ impl Driver {
         mut ready: Option<oneshot::Sender<SessionKind>>,
         signals: &mut mpsc::Receiver<i32>,
     ) -> Result<Outcome, DriveError> {
-        let mut input_open = true;
-        let mut eof_quiet_until: Option<Instant> = None;
-        // Byte-stream sessions: the local reader is gone (its output is dropped) and when ssh
-        // hung up, the bound on waiting for the agent to end the session.
-        let mut output_gone = false;
-        let mut hangup_until: Option<Instant> = None;
+        let mut state = LocalState {
+            input_open: true,
+            eof_quiet_until: None,
+            output_gone: false,
+            hangup_until: None,
+        };
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.flush();
-            while let Some(ev) = self.session.poll_event() {
-                match ev {
-                    Event::Ready {
-                        kind,
-                        agent_version,
-                    } => {
-                        tracing::info!(?kind, %agent_version, "session ready");
-                        if self.session.is_encrypted() {
-                            // What the official client shows (on stderr: stdout may be the
-                            // byte stream).
-                            eprintln!("This session is encrypted using AWS KMS.");
-                        }
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(kind);
-                        }
-                    }
-                    Event::Notice(text) => tracing::info!("{text}"),
-                    Event::Stderr(bytes) => eprint!("{}", String::from_utf8_lossy(&bytes)),
-                    Event::ExitCode(code) => self.exit_code = Some(code),
-                    Event::Flag(3) => tracing::warn!(
-                        "the agent could not connect to the destination {}: check that a service listens there and that the target can reach it",
-                        self.config.destination
-                    ),
-                    Event::Flag(f) => tracing::debug!(flag = f, "flag from agent"),
-                    Event::Closed { output } => {
-                        // Everything acked before the close is owed to the local reader.
-                        self.deliver_remaining(&local.output).await;
-                        return match output.is_empty() {
-                            true => Ok(self.outcome(End::Closed)),
-                            false => Err(DriveError::ClosedWithError(output)),
-                        };
-                    }
-                    Event::Failed(why) => return Err(DriveError::Handshake(why)),
-                    Event::DataKeyNeeded { key_id, challenge } => {
-                        self.fetch_data_key(&key_id, challenge).await?
+            if let Some(outcome) = self.handle_events(&local.output, &mut ready).await? {
+                return Ok(outcome);
+            }
+            if let Some(end) = self.quiet_end(&mut state) {
+                return Ok(self.finish(end).await);
+            }
+            match self.wait(&mut local, &mut state, &mut ping, signals).await {
+                Step::Next => {}
+                Step::End(end) => return Ok(self.finish(end).await),
+                Step::Lost => {
+                    if let Some(outcome) = self.reconnect(&local.output, signals).await? {
+                        return Ok(outcome);
                     }
                 }
             }
-            let now = Instant::now();
-            if output_gone {
-                while self.session.poll_output(64 * 1024).is_some() {}
-            }
-            if !input_open && self.session.all_acked() && self.session.pending_output() == 0 {
-                let quiet = *eof_quiet_until.get_or_insert(now + self.config.eof_wait);
-                if now >= quiet {
-                    tracing::info!(wait = ?self.config.eof_wait, "no channel_closed after local EOF; terminating the session");
-                    return Ok(self.finish(End::LocalEof).await);
+        }
+    }
+
+    /// Acts on what the session reports; `Some` once it is over.
+    async fn handle_events(
+        &mut self,
+        output: &mpsc::Sender<Bytes>,
+        ready: &mut Option<oneshot::Sender<SessionKind>>,
+    ) -> Result<Option<Outcome>, DriveError> {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                Event::Ready {
+                    kind,
+                    agent_version,
+                } => {
+                    tracing::info!(?kind, %agent_version, "session ready");
+                    if self.session.is_encrypted() {
+                        (self.config.notify)(&Notice::Encrypted);
+                    }
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(kind);
+                    }
+                }
+                Event::Notice(text) => tracing::info!("{text}"),
+                Event::Stderr(bytes) => eprint!("{}", String::from_utf8_lossy(&bytes)),
+                Event::ExitCode(code) => self.exit_code = Some(code),
+                Event::Flag(3) => tracing::warn!(
+                    "the agent could not connect to the destination {}: check that a service listens there and that the target can reach it",
+                    self.config.destination
+                ),
+                Event::Flag(f) => tracing::debug!(flag = f, "flag from agent"),
+                Event::Closed { output: reason } => {
+                    // Everything acked before the close is owed to the local reader.
+                    self.deliver_remaining(output).await;
+                    return match reason.is_empty() {
+                        true => Ok(Some(self.outcome(End::Closed))),
+                        false => Err(DriveError::ClosedWithError(reason)),
+                    };
+                }
+                Event::Failed(why) => return Err(DriveError::Handshake(why)),
+                Event::DataKeyNeeded { key_id, challenge } => {
+                    self.fetch_data_key(&key_id, challenge).await?
                 }
             }
-            if hangup_until.is_some_and(|t| now >= t) {
-                return Ok(self
-                    .finish(End::Signal(self.config.hangup.unwrap_or(0)))
-                    .await);
+        }
+        Ok(None)
+    }
+
+    /// The quiet ends: local EOF with everything acked and no channel_closed within
+    /// `eof_wait`, or the wait after ssh hung up over. Drops output nobody reads any more.
+    fn quiet_end(&mut self, state: &mut LocalState) -> Option<End> {
+        let now = Instant::now();
+        if state.output_gone {
+            while self.session.poll_output(64 * 1024).is_some() {}
+        }
+        if !state.input_open && self.session.all_acked() && self.session.pending_output() == 0 {
+            let quiet = *state
+                .eof_quiet_until
+                .get_or_insert(now + self.config.eof_wait);
+            if now >= quiet {
+                tracing::info!(wait = ?self.config.eof_wait, "no channel_closed after local EOF; terminating the session");
+                return Some(End::LocalEof);
             }
-            let timer = [
-                self.session.poll_timeout().map(Instant::from_std),
-                eof_quiet_until,
-                hangup_until,
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now + Duration::from_secs(3600));
-            let accept = input_open && self.session.can_accept_input();
-            let has_output = !output_gone && self.session.pending_output() > 0;
-            // Backpressure: while the local side has a full buffer to take, the websocket is
-            // not read, so the service and the agent wait instead of our dropping data. A
-            // vanished reader takes nothing: keep reading for the agent's channel_closed.
-            let read = output_gone || self.session.wants_frames();
-            let mut lost = false;
-            tokio::select! {
-                msg = self.reader.next(), if read => {
-                    lost = self.on_message(msg);
-                    // Take what is already readable too: its output then reaches the local
-                    // side in one batch, and its acks go out together. Events (channel_closed
-                    // above all) are acted on before anything after them is read.
-                    for _ in 0..READ_BATCH {
-                        if lost || self.session.has_events() || !self.session.wants_frames() {
-                            break;
-                        }
-                        match self.reader.next().now_or_never() {
-                            Some(msg) => lost = self.on_message(msg),
-                            None => break,
-                        }
-                    }
-                }
-                data = local.input.recv(), if accept => {
-                    let now = Instant::now().into_std();
-                    eof_quiet_until = None;
-                    match data {
-                        Some(Input::Data(b)) => self.session.handle_input(now, b),
-                        Some(Input::Flag(f)) => self.session.send_flag(now, f),
-                        Some(Input::Resize(size)) => self.session.handle_resize(now, size),
-                        Some(Input::Connected(done)) => {
-                            self.session.connected(now);
-                            let _ = done.send(());
-                        }
-                        Some(Input::Disconnected) => self.session.disconnect_to_port(now),
-                        None => input_open = false,
-                    }
-                }
-                permit = local.output.reserve(), if has_output => match permit {
-                    Ok(permit) => {
-                        if let Some(out) = self.session.poll_output(64 * 1024) {
-                            eof_quiet_until = None;
-                            permit.send(out);
-                        }
-                    }
-                    Err(_) if self.config.hangup.is_some() => {
-                        tracing::debug!("local reader gone; waiting for the agent to end the session");
-                        output_gone = true;
-                    }
-                    Err(_) => return Ok(self.finish(End::LocalGone).await),
-                },
-                _ = tokio::time::sleep_until(timer) => self.session.handle_timeout(Instant::now().into_std()),
-                _ = ping.tick() => {
-                    if !read {
-                        // Not reading is our choice, not the path's silence.
-                        self.last_heard = Instant::now();
-                    }
-                    if self.last_heard.elapsed() > self.config.dead_after {
-                        tracing::info!("no traffic from the service for {:?}; reconnecting", self.config.dead_after);
-                        lost = true;
-                    } else {
-                        let _ = self.writer.send(Message::Ping(Bytes::from_static(b"keepalive")));
-                    }
-                }
-                sig = signals.recv() => match sig {
-                    Some(sig) if Some(sig) == self.config.hangup => {
-                        // ssh has exited: its pipes end too, and the agent ends the session
-                        // when sshd closes; don't race that with a TerminateSession flag.
-                        tracing::debug!("SIGHUP: waiting for the agent to end the session");
-                        hangup_until.get_or_insert(Instant::now() + self.config.eof_wait);
-                    }
-                    sig => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
-                },
+        }
+        if state.hangup_until.is_some_and(|t| now >= t) {
+            return Some(End::Signal(self.config.hangup.unwrap_or(0)));
+        }
+        None
+    }
+
+    /// When the loop must wake up with nothing else happening: the session's timers and the
+    /// quiet ends.
+    fn next_timer(&self, state: &LocalState) -> Instant {
+        [
+            self.session.poll_timeout().map(Instant::from_std),
+            state.eof_quiet_until,
+            state.hangup_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(Instant::now() + Duration::from_secs(3600))
+    }
+
+    /// Waits for the next thing to do and does it: websocket messages, local input, room for
+    /// output, a timer, the ping tick or a signal.
+    async fn wait(
+        &mut self,
+        local: &mut Local,
+        state: &mut LocalState,
+        ping: &mut Interval,
+        signals: &mut mpsc::Receiver<i32>,
+    ) -> Step {
+        let timer = self.next_timer(state);
+        let accept = state.input_open && self.session.can_accept_input();
+        let has_output = !state.output_gone && self.session.pending_output() > 0;
+        // Backpressure: while the local side has a full buffer to take, the websocket is not
+        // read, so the service and the agent wait instead of our dropping data. A vanished
+        // reader takes nothing: keep reading for the agent's channel_closed.
+        let read = state.output_gone || self.session.wants_frames();
+        tokio::select! {
+            msg = self.reader.next(), if read => self.read_batch(msg),
+            data = local.input.recv(), if accept => {
+                self.on_input(data, state);
+                Step::Next
             }
-            if lost {
-                // Notices (shown at default verbosity): a resume can take minutes, and
-                // silence looks like a hang.
-                let since = self.last_heard.elapsed().as_secs();
-                tracing::warn!(target: "ssm_proxy::notice", "reconnecting to Session Manager (connection lost {since} s ago)…");
-                let started = Instant::now();
-                // A signal must not wait for --resume-timeout.
-                let resumed = tokio::select! {
-                    resumed = self.resume() => resumed,
-                    sig = signals.recv() => return Ok(self.finish(End::Signal(sig.unwrap_or(0))).await),
-                };
-                let took = started.elapsed().as_secs_f64();
-                match resumed {
-                    Ok(()) => {
-                        tracing::warn!(target: "ssm_proxy::notice", "reconnected after {took:.1} s; the session goes on")
+            permit = local.output.reserve(), if has_output => match permit {
+                Ok(permit) => {
+                    if let Some(out) = self.session.poll_output(64 * 1024) {
+                        state.eof_quiet_until = None;
+                        permit.send(out);
                     }
-                    // Timed out or terminated while we were away (§1.1).
-                    Err(DriveError::Gone) => {
-                        self.deliver_remaining(&local.output).await;
-                        return Ok(self.outcome(End::Gone));
-                    }
-                    Err(e) => {
-                        tracing::warn!(target: "ssm_proxy::notice", "could not reconnect; giving up after {took:.0} s");
-                        return Err(e);
-                    }
+                    Step::Next
                 }
+                Err(_) if self.config.hangup.is_some() => {
+                    tracing::debug!("local reader gone; waiting for the agent to end the session");
+                    state.output_gone = true;
+                    Step::Next
+                }
+                Err(_) => Step::End(End::LocalGone),
+            },
+            _ = tokio::time::sleep_until(timer) => {
+                self.session.handle_timeout(Instant::now().into_std());
+                Step::Next
+            }
+            _ = ping.tick() => self.on_ping(read),
+            sig = signals.recv() => self.on_signal(sig, state),
+        }
+    }
+
+    /// One websocket read, and what is already readable after it: its output then reaches the
+    /// local side in one batch, and its acks go out together. Events (channel_closed above
+    /// all) are acted on before anything after them is read.
+    fn read_batch(
+        &mut self,
+        first: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Step {
+        let mut lost = self.on_message(first);
+        for _ in 0..READ_BATCH {
+            if lost || self.session.has_events() || !self.session.wants_frames() {
+                break;
+            }
+            match self.reader.next().now_or_never() {
+                Some(msg) => lost = self.on_message(msg),
+                None => break,
+            }
+        }
+        match lost {
+            true => Step::Lost,
+            false => Step::Next,
+        }
+    }
+
+    /// Local input, or its end (`None`).
+    fn on_input(&mut self, data: Option<Input>, state: &mut LocalState) {
+        let now = Instant::now().into_std();
+        state.eof_quiet_until = None;
+        match data {
+            Some(Input::Data(b)) => self.session.handle_input(now, b),
+            Some(Input::Flag(f)) => self.session.send_flag(now, f),
+            Some(Input::Resize(size)) => self.session.handle_resize(now, size),
+            Some(Input::Connected(done)) => {
+                self.session.connected(now);
+                let _ = done.send(());
+            }
+            Some(Input::Disconnected) => self.session.disconnect_to_port(now),
+            None => state.input_open = false,
+        }
+    }
+
+    /// The ping tick: a websocket silent for `dead_after` is lost, else ping it. `reading`:
+    /// whether the loop reads the websocket now.
+    fn on_ping(&mut self, reading: bool) -> Step {
+        if !reading {
+            // Not reading is our choice, not the path's silence.
+            self.last_heard = Instant::now();
+        }
+        if self.last_heard.elapsed() > self.config.dead_after {
+            tracing::info!(
+                "no traffic from the service for {:?}; reconnecting",
+                self.config.dead_after
+            );
+            return Step::Lost;
+        }
+        let _ = self
+            .writer
+            .send(Message::Ping(Bytes::from_static(b"keepalive")));
+        Step::Next
+    }
+
+    /// A signal: the hangup signal waits (bounded) for the agent; any other ends the session.
+    fn on_signal(&mut self, sig: Option<i32>, state: &mut LocalState) -> Step {
+        match sig {
+            Some(sig) if Some(sig) == self.config.hangup => {
+                // ssh has exited: its pipes end too, and the agent ends the session when sshd
+                // closes; don't race that with a TerminateSession flag.
+                tracing::debug!("SIGHUP: waiting for the agent to end the session");
+                state
+                    .hangup_until
+                    .get_or_insert(Instant::now() + self.config.eof_wait);
+                Step::Next
+            }
+            sig => Step::End(End::Signal(sig.unwrap_or(0))),
+        }
+    }
+
+    /// A lost websocket: resume the session on a new one; `Some` when the session is over
+    /// instead (a signal during the resume ends it at once).
+    async fn reconnect(
+        &mut self,
+        output: &mpsc::Sender<Bytes>,
+        signals: &mut mpsc::Receiver<i32>,
+    ) -> Result<Option<Outcome>, DriveError> {
+        // Notices (shown at default verbosity): a resume can take minutes, and silence looks
+        // like a hang.
+        let since = self.last_heard.elapsed().as_secs();
+        tracing::warn!(target: "ssm_proxy::notice", "reconnecting to Session Manager (connection lost {since} s ago)…");
+        let started = Instant::now();
+        // A signal must not wait for --resume-timeout.
+        let resumed = tokio::select! {
+            resumed = self.resume() => resumed,
+            sig = signals.recv() => {
+                return Ok(Some(self.finish(End::Signal(sig.unwrap_or(0))).await));
+            }
+        };
+        let took = started.elapsed().as_secs_f64();
+        match resumed {
+            Ok(()) => {
+                tracing::warn!(target: "ssm_proxy::notice", "reconnected after {took:.1} s; the session goes on");
+                Ok(None)
+            }
+            // Timed out or terminated while we were away (§1.1).
+            Err(DriveError::Gone) => {
+                self.deliver_remaining(output).await;
+                Ok(Some(self.outcome(End::Gone)))
+            }
+            Err(e) => {
+                tracing::warn!(target: "ssm_proxy::notice", "could not reconnect; giving up after {took:.0} s");
+                Err(e)
             }
         }
     }
@@ -534,8 +662,8 @@ impl Driver {
         );
         tracing::info!(%key_id, "session is KMS-encrypted; requesting a data key");
         let key = self
-            .aws
-            .generate_data_key(key_id, context.into_iter().collect())
+            .service
+            .data_key(key_id, context.into_iter().collect())
             .await?;
         self.session
             .set_data_key(Instant::now().into_std(), &key.plaintext, &key.ciphertext);
@@ -604,7 +732,7 @@ impl Driver {
     async fn finish(&mut self, end: End) -> Outcome {
         self.session.terminate(Instant::now().into_std());
         self.flush();
-        let terminated = match self.aws.terminate_session(&self.grant.session_id).await {
+        let terminated = match self.service.terminate(&self.grant.session_id).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(error = %e, "TerminateSession failed");
@@ -618,7 +746,8 @@ impl Driver {
     }
 
     /// Replaces a lost websocket: ResumeSession (fresh credentials come from the provider chain
-    /// on every call), dial the returned URL, resend everything unacked.
+    /// on every call), dial the returned URL, resend everything unacked; retried with backoff
+    /// for `resume_timeout`.
     async fn resume(&mut self) -> Result<(), DriveError> {
         // A gateway that accepts websockets and drops them at once must not turn into a hot
         // loop of ResumeSession calls.
@@ -630,75 +759,53 @@ impl Driver {
             self.flap_delay = FLAP_DELAY.0;
         }
         let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = RESUME_BACKOFF.0;
         let mut last_error = String::from("no attempt made");
         while started.elapsed() < self.config.resume_timeout {
-            match self.aws.resume_session(&self.grant.session_id).await {
-                Ok(Some(grant)) => {
-                    if !grant.stream_url.is_empty() {
-                        websocket::check_url(self.aws.net(), &grant.stream_url)
-                            .map_err(DriveError::StreamUrl)?;
-                        self.grant.stream_url = grant.stream_url;
-                    }
-                    self.grant.token = grant.token;
-                    match websocket::open(
-                        &self.grant.stream_url,
-                        &self.grant.token,
-                        &self.client_id,
-                        &self.aws,
-                    )
-                    .await
-                    {
-                        Ok(ws) => {
-                            let (writer, reader) = split(ws);
-                            self.writer = writer;
-                            self.reader = reader;
-                            self.last_heard = Instant::now();
-                            self.heard_since_open = false;
-                            self.session.handle_reconnect(self.last_heard.into_std());
-                            self.resumes += 1;
-                            tracing::info!(after = ?started.elapsed(), "data channel resumed");
-                            return Ok(());
-                        }
-                        Err(e) => last_error = format!("{e:#}"),
-                    }
+            match self.resume_once().await? {
+                Ok(()) => {
+                    tracing::info!(after = ?started.elapsed(), "data channel resumed");
+                    return Ok(());
                 }
-                Ok(None) => return Err(DriveError::Gone),
-                Err(e) if !e.is_transient() => return Err(e.into()),
-                Err(e) => last_error = e.to_string(),
+                Err(why) => last_error = why,
             }
             tracing::info!(error = %last_error, retry_in = ?backoff, "resume failed");
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(RESUME_BACKOFF.1);
         }
         Err(DriveError::ResumeTimeout(
             self.config.resume_timeout.as_secs(),
             last_error,
         ))
     }
-}
 
-/// Splits a websocket into a writer task (batched sends) and the read half.
-fn split(ws: Ws) -> (mpsc::UnboundedSender<Message>, SplitStream<Ws>) {
-    let (mut sink, stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            if sink.feed(msg).await.is_err() {
-                return;
-            }
-            while let Ok(msg) = rx.try_recv() {
-                if sink.feed(msg).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
+    /// One ResumeSession and dial; `Ok(Err(why))` when worth trying again.
+    async fn resume_once(&mut self) -> Result<Result<(), String>, DriveError> {
+        let grant = match self.service.resume(&self.grant.session_id).await {
+            Ok(Some(grant)) => grant,
+            Ok(None) => return Err(DriveError::Gone),
+            Err(e) if !e.is_transient() => return Err(e.into()),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if !grant.stream_url.is_empty() {
+            self.service
+                .check_url(&grant.stream_url)
+                .map_err(DriveError::StreamUrl)?;
+            self.grant.stream_url = grant.stream_url;
         }
-        let _ = sink.close().await;
-    });
-    (tx, stream)
+        self.grant.token = grant.token;
+        let (writer, reader) = match self.service.open(&self.grant, &self.client_id).await {
+            Ok(channel) => channel,
+            Err(e) => return Ok(Err(format!("{e:#}"))),
+        };
+        self.writer = writer;
+        self.reader = reader;
+        self.last_heard = Instant::now();
+        self.heard_since_open = false;
+        self.session.handle_reconnect(self.last_heard.into_std());
+        self.resumes += 1;
+        Ok(Ok(()))
+    }
 }
 
 /// A StreamUrl as shown to the user: without its query.
@@ -722,3 +829,6 @@ fn random_seed() -> u64 {
     h.write_u32(std::process::id());
     h.finish()
 }
+
+#[cfg(test)]
+mod tests;
