@@ -830,5 +830,6 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-#[cfg(test)]
+// The fake service's far end is the simulator's agent.
+#[cfg(all(test, feature = "sim"))]
 mod tests;
