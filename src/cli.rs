@@ -55,7 +55,7 @@ pub struct Cli {
     pub port: u16,
 
     /// Session document to start.
-    #[arg(long, default_value = "AWS-StartSSHSession", value_name = "NAME")]
+    #[arg(long, default_value = crate::proto::documents::SSH, value_name = "NAME")]
     pub document: String,
 
     /// Extra document parameter (repeatable); portNumber comes from PORT.
@@ -491,10 +491,13 @@ impl ForwardSpec {
         params.insert("portNumber".to_owned(), vec![self.remote_port.to_string()]);
         params.insert("localPortNumber".to_owned(), vec![local_port.to_string()]);
         match &self.host {
-            None => ("AWS-StartPortForwardingSession", params),
+            None => (crate::proto::documents::PORT_FORWARDING, params),
             Some(h) => {
                 params.insert("host".to_owned(), vec![h.clone()]);
-                ("AWS-StartPortForwardingSessionToRemoteHost", params)
+                (
+                    crate::proto::documents::PORT_FORWARDING_TO_REMOTE_HOST,
+                    params,
+                )
             }
         }
     }
@@ -617,7 +620,7 @@ pub struct SimArgs {
     pub kms_deny: Vec<String>,
 
     /// AgentVersion the simulated agent announces (≤ 3.0.196.0 means basic port forwarding).
-    #[arg(long, default_value = "3.3.1957.0", value_name = "VERSION")]
+    #[arg(long, default_value = crate::sim::AGENT_VERSION, value_name = "VERSION")]
     pub agent_version: String,
 
     /// Add a managed node to the fleet DescribeInstanceInformation lists (repeatable):

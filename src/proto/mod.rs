@@ -20,4 +20,5 @@ pub use frame::{Frame, FrameError, MessageType};
 pub use handshake::SessionKind;
 pub use session::{Event, Session, SessionConfig, SessionError};
 pub mod crypto;
+pub mod documents;
 pub mod smux;

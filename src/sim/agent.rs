@@ -70,7 +70,7 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            version: "3.3.1957.0".into(),
+            version: super::AGENT_VERSION.into(),
             properties: json!({"portNumber": "22"}),
             chunk: 1024,
             fast: false,
