@@ -1,8 +1,8 @@
 //! Per-session settings, built once: from the command line (clap also reads their environment
 //! variables) or, for the session-manager-plugin entry, from the environment alone, with the
-//! same usage error for a bad value either way. Every mode gets its driver configuration from
-//! [`SessionSettings::driver_config`], so a new per-session setting touches the CLI, this type
-//! and the code that uses it.
+//! same usage error for a bad value either way. Every mode opens its session with them through
+//! [`session::open`](super::session::open), so a new per-session setting touches the CLI, this
+//! type and the code that uses it.
 
 use std::time::Duration;
 
@@ -40,6 +40,9 @@ pub enum Mode {
     Forward,
     /// A shell or a command.
     Shell,
+    /// Whatever the handshake says (the session-manager-plugin drop-in, whose session the AWS
+    /// CLI started from any document).
+    Any,
 }
 
 impl Default for SessionSettings {
