@@ -268,6 +268,16 @@ pub struct ResumeArgs {
     )]
     pub max_rate: Option<crate::proto::pacer::Rate>,
 
+    /// After local EOF, how long to wait for the service to close the session before ending
+    /// it ourselves.
+    #[arg(
+        long,
+        default_value_t = 5,
+        value_name = "SECONDS",
+        env = "SSM_PROXY_EOF_WAIT"
+    )]
+    pub eof_wait: u64,
+
     /// Why this session is opened (1 to 256 characters): StartSession's Reason, which Session
     /// Manager shows in its session history and CloudTrail records (e.g. --reason %r@%h).
     #[arg(long, value_name = "TEXT", value_parser = parse_reason)]
