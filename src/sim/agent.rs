@@ -18,7 +18,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::proto::crypto::{Cipher, Side};
-use crate::proto::frame::{Frame, MessageType, flag, flags, ptype};
+use crate::proto::frame::{Flag, Frame, MessageType, PayloadType, flag, flags, ptype};
 use crate::proto::payload::{Acknowledge, HandshakeResponse, Size, status};
 
 /// The agent's resend scheduler wakes this often and resends at most the oldest unacked
@@ -520,11 +520,11 @@ impl Agent {
     }
 
     /// Sends a Flag to the client (ConnectToPortError when a mux stream cannot be dialed).
-    pub fn send_flag(&mut self, now: Instant, value: u32) {
+    pub fn send_flag(&mut self, now: Instant, value: Flag) {
         self.send(
             now,
             ptype::FLAG,
-            Bytes::copy_from_slice(&value.to_be_bytes()),
+            Bytes::copy_from_slice(&value.0.to_be_bytes()),
         );
     }
 
@@ -608,7 +608,7 @@ impl Agent {
     /// Shell output: at most `chunk` bytes per message, cut on UTF-8 boundaries, with an
     /// incomplete sequence at the end held back for the next read (§12.3). Bytes that are not
     /// UTF-8 still go out, cut at `chunk`.
-    fn send_text(&mut self, now: Instant, payload_type: u32, data: &[u8]) {
+    fn send_text(&mut self, now: Instant, payload_type: PayloadType, data: &[u8]) {
         let i = usize::from(payload_type == ptype::STDERR);
         let mut buf = std::mem::take(&mut self.text_tail[i]);
         buf.extend_from_slice(data);
@@ -850,7 +850,7 @@ impl Agent {
         self.events.push_back(AgentEvent::Dial);
     }
 
-    fn send(&mut self, now: Instant, payload_type: u32, payload: Bytes) {
+    fn send(&mut self, now: Instant, payload_type: PayloadType, payload: Bytes) {
         // §6: the agent encrypts Output, StdErr and ExitCode once the key is set up.
         let payload = match (&mut self.cipher, payload_type) {
             (Some(c), ptype::OUTPUT | ptype::STDERR | ptype::EXIT_CODE) => c.seal(&payload),
@@ -915,7 +915,7 @@ impl Agent {
         now: Instant,
         kind: MessageType,
         seq: i64,
-        pt: u32,
+        pt: PayloadType,
         payload: Bytes,
     ) -> Bytes {
         let flags = match (&kind, seq) {

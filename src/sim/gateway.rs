@@ -28,7 +28,7 @@ use super::service::Service;
 use super::shell::{Shell, ShellEvent, ShellSpec};
 use super::target::{TargetEvent, Targets};
 use crate::proto::crypto::encryption_context;
-use crate::proto::frame::{Frame, MessageType, flag};
+use crate::proto::frame::{Frame, MessageType, flag, ptype};
 use crate::proto::payload::OpenDataChannelInput;
 
 type Ws = WebSocketStream<TcpStream>;
@@ -589,7 +589,7 @@ fn publication(kind: MessageType) -> Bytes {
         sequence: 0,
         flags: 0,
         message_id: uuid::Uuid::new_v4(),
-        payload_type: 0,
+        payload_type: ptype::NONE,
         payload: Bytes::new(),
     }
     .encode()
