@@ -37,6 +37,7 @@ impl Opened {
 }
 
 /// How opening went, short of a failure.
+#[allow(clippy::large_enum_variant)] // made once per session and moved, never stored
 pub enum Opening {
     /// The handshake is over.
     Opened(Opened),

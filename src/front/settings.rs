@@ -16,6 +16,8 @@ use crate::transport::DriverConfig;
 pub const RESUME_TIMEOUT_ENV: &str = "SSM_PROXY_RESUME_TIMEOUT";
 /// `--dead-after`'s variable.
 pub const DEAD_AFTER_ENV: &str = "SSM_PROXY_DEAD_AFTER";
+/// `--max-rate`'s variable.
+pub const MAX_RATE_ENV: &str = "SSM_PROXY_MAX_RATE";
 /// `--eof-wait`'s variable.
 pub const EOF_WAIT_ENV: &str = "SSM_PROXY_EOF_WAIT";
 
@@ -92,8 +94,8 @@ impl SessionSettings {
     }
 
     /// The settings of the session-manager-plugin entry, which has no command line of ours:
-    /// `SSM_PROXY_RESUME_TIMEOUT`, `SSM_PROXY_DEAD_AFTER` and `SSM_PROXY_EOF_WAIT`, or the
-    /// defaults. A value that is
+    /// `SSM_PROXY_RESUME_TIMEOUT`, `SSM_PROXY_DEAD_AFTER`, `SSM_PROXY_MAX_RATE` and
+    /// `SSM_PROXY_EOF_WAIT`, or the defaults. A value that is
     /// not a number of seconds is a usage error, as it is for the flags.
     pub fn from_env() -> Result<Self, UsageError> {
         let defaults = Self::default();
@@ -101,6 +103,7 @@ impl SessionSettings {
             resume_timeout: env_seconds(RESUME_TIMEOUT_ENV)?.unwrap_or(defaults.resume_timeout),
             dead_after: env_seconds(DEAD_AFTER_ENV)?.unwrap_or(defaults.dead_after),
             eof_wait: env_seconds(EOF_WAIT_ENV)?.unwrap_or(defaults.eof_wait),
+            max_rate: env_rate()?.unwrap_or_default(),
             ..defaults
         })
     }
@@ -126,7 +129,6 @@ impl SessionSettings {
             hangup: (mode == Mode::Relay).then_some(os::SIGHUP),
             target: target.to_owned(),
             destination: destination.to_owned(),
-            ..Default::default()
         }
     }
 }
@@ -134,6 +136,20 @@ impl SessionSettings {
 /// A whole number of seconds from the variable `name`, if set and not empty.
 fn env_seconds(name: &str) -> Result<Option<Duration>, UsageError> {
     seconds(name, std::env::var_os(name).as_deref())
+}
+
+/// `--max-rate`'s value from its variable, if set and not empty.
+fn env_rate() -> Result<Option<Rate>, UsageError> {
+    let Some(value) = std::env::var_os(MAX_RATE_ENV).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    Rate::parse(&text).map(Some).map_err(|e| {
+        UsageError(format!(
+            "invalid value {text:?} for {MAX_RATE_ENV}: {e}: give N messages per second or N \
+             with B, K or M for bytes per second, or unset it"
+        ))
+    })
 }
 
 /// `value` of the variable `name` as a whole number of seconds.

@@ -7,7 +7,7 @@
 //! status is the remote command's (ExitCode payload, which the agent sends only for
 //! NonInteractiveCommands with `separateOutputStream=true`, so we ask for it), or 0 when the
 //! channel closed without one.
-//! Nothing here speaks the protocol: the [`Driver`] does.
+//! Nothing here speaks the protocol: the [`Driver`](crate::transport::Driver) does.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
