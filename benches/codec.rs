@@ -16,13 +16,13 @@ use aws_lc_rs::digest::{SHA256, digest};
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
-use ssm_proxy::proto::frame::{Frame, MessageType, flags, ptype};
+use ssm_proxy::proto::frame::{Frame, MessageType, PayloadType, flags, ptype};
 use ssm_proxy::proto::{Session, SessionConfig};
 use uuid::Uuid;
 
 const PAYLOAD: usize = 1024;
 
-fn agent_frame(sequence: i64, payload_type: u32, payload: Bytes) -> Frame {
+fn agent_frame(sequence: i64, payload_type: PayloadType, payload: Bytes) -> Frame {
     Frame {
         message_type: MessageType::OutputStreamData,
         schema_version: 1,

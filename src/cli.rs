@@ -55,7 +55,7 @@ pub struct Cli {
     pub port: u16,
 
     /// Session document to start.
-    #[arg(long, default_value = "AWS-StartSSHSession", value_name = "NAME")]
+    #[arg(long, default_value = crate::proto::documents::SSH, value_name = "NAME")]
     pub document: String,
 
     /// Extra document parameter (repeatable); portNumber comes from PORT.
@@ -268,6 +268,16 @@ pub struct ResumeArgs {
         env = "SSM_PROXY_MAX_RATE"
     )]
     pub max_rate: Option<crate::proto::pacer::Rate>,
+
+    /// After local EOF, how long to wait for the service to close the session before ending
+    /// it ourselves.
+    #[arg(
+        long,
+        default_value_t = 5,
+        value_name = "SECONDS",
+        env = "SSM_PROXY_EOF_WAIT"
+    )]
+    pub eof_wait: u64,
 
     /// Why this session is opened (1 to 256 characters): StartSession's Reason, which Session
     /// Manager shows in its session history and CloudTrail records (e.g. --reason %r@%h).
@@ -492,53 +502,20 @@ impl ForwardSpec {
         params.insert("portNumber".to_owned(), vec![self.remote_port.to_string()]);
         params.insert("localPortNumber".to_owned(), vec![local_port.to_string()]);
         match &self.host {
-            None => ("AWS-StartPortForwardingSession", params),
+            None => (crate::proto::documents::PORT_FORWARDING, params),
             Some(h) => {
                 params.insert("host".to_owned(), vec![h.clone()]);
-                ("AWS-StartPortForwardingSessionToRemoteHost", params)
+                (
+                    crate::proto::documents::PORT_FORWARDING_TO_REMOTE_HOST,
+                    params,
+                )
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::ForwardSpec;
-
-    #[test]
-    fn forward_specs_parse_like_ssh() {
-        let f = |s| ForwardSpec::parse(s).map(|f| (f.bind, f.local_port, f.host, f.remote_port));
-        assert_eq!(f("8888:8888"), Ok(("127.0.0.1".into(), 8888, None, 8888)));
-        assert_eq!(
-            f("0:db.internal:5432"),
-            Ok(("127.0.0.1".into(), 0, Some("db.internal".into()), 5432))
-        );
-        assert_eq!(f("0.0.0.0:80:8080"), Ok(("0.0.0.0".into(), 80, None, 8080)));
-        assert!(f("::9000:localhost:9000").is_err());
-        assert_eq!(
-            f("127.0.0.1:9000:localhost:9000"),
-            Ok(("127.0.0.1".into(), 9000, None, 9000))
-        );
-        assert!(f("80").is_err() && f("a:b").is_err() && f("1:0").is_err());
-        assert_eq!(f("[::1]:0:80"), Ok(("::1".into(), 0, None, 80)));
-        // Loopback is the target itself: never ToRemoteHost.
-        assert_eq!(f("0:127.0.0.1:80"), Ok(("127.0.0.1".into(), 0, None, 80)));
-        assert_eq!(f("0:LOCALHOST:80"), Ok(("127.0.0.1".into(), 0, None, 80)));
-        assert!(super::is_target_itself("[::1]") && super::is_target_itself("localhost."));
-        assert!(!super::is_target_itself("127.0.0.2") && !super::is_target_itself("db"));
-        assert_eq!(
-            f("[::]:5432:db:5432"),
-            Ok(("::".into(), 5432, Some("db".into()), 5432))
-        );
-        assert_eq!(f("/tmp/f.sock:80"), Ok(("/tmp/f.sock".into(), 0, None, 80)));
-        assert_eq!(
-            f("/tmp/f.sock:db:5432"),
-            Ok(("/tmp/f.sock".into(), 0, Some("db".into()), 5432))
-        );
-    }
-}
-
 /// `ssm-proxy sim`.
+#[cfg(feature = "sim")]
 #[derive(Debug, Clone, Args)]
 #[command(
     after_help = "Prints `export VAR=value` lines for the client on stdout, then serves until \
@@ -618,7 +595,7 @@ pub struct SimArgs {
     pub kms_deny: Vec<String>,
 
     /// AgentVersion the simulated agent announces (≤ 3.0.196.0 means basic port forwarding).
-    #[arg(long, default_value = "3.3.1957.0", value_name = "VERSION")]
+    #[arg(long, default_value = crate::sim::AGENT_VERSION, value_name = "VERSION")]
     pub agent_version: String,
 
     /// Add a managed node to the fleet DescribeInstanceInformation lists (repeatable):
@@ -650,6 +627,7 @@ pub struct SimArgs {
     pub allow_unsigned: bool,
 }
 
+#[cfg(feature = "sim")]
 fn parse_online_after(s: &str) -> Result<(String, std::time::Duration), String> {
     let (target, secs) = s
         .split_once('=')
@@ -673,5 +651,42 @@ fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
         _ => Err(format!("port must be a number from 1 to 65535, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ForwardSpec;
+
+    #[test]
+    fn forward_specs_parse_like_ssh() {
+        let f = |s| ForwardSpec::parse(s).map(|f| (f.bind, f.local_port, f.host, f.remote_port));
+        assert_eq!(f("8888:8888"), Ok(("127.0.0.1".into(), 8888, None, 8888)));
+        assert_eq!(
+            f("0:db.internal:5432"),
+            Ok(("127.0.0.1".into(), 0, Some("db.internal".into()), 5432))
+        );
+        assert_eq!(f("0.0.0.0:80:8080"), Ok(("0.0.0.0".into(), 80, None, 8080)));
+        assert!(f("::9000:localhost:9000").is_err());
+        assert_eq!(
+            f("127.0.0.1:9000:localhost:9000"),
+            Ok(("127.0.0.1".into(), 9000, None, 9000))
+        );
+        assert!(f("80").is_err() && f("a:b").is_err() && f("1:0").is_err());
+        assert_eq!(f("[::1]:0:80"), Ok(("::1".into(), 0, None, 80)));
+        // Loopback is the target itself: never ToRemoteHost.
+        assert_eq!(f("0:127.0.0.1:80"), Ok(("127.0.0.1".into(), 0, None, 80)));
+        assert_eq!(f("0:LOCALHOST:80"), Ok(("127.0.0.1".into(), 0, None, 80)));
+        assert!(super::is_target_itself("[::1]") && super::is_target_itself("localhost."));
+        assert!(!super::is_target_itself("127.0.0.2") && !super::is_target_itself("db"));
+        assert_eq!(
+            f("[::]:5432:db:5432"),
+            Ok(("::".into(), 5432, Some("db".into()), 5432))
+        );
+        assert_eq!(f("/tmp/f.sock:80"), Ok(("/tmp/f.sock".into(), 0, None, 80)));
+        assert_eq!(
+            f("/tmp/f.sock:db:5432"),
+            Ok(("/tmp/f.sock".into(), 0, Some("db".into()), 5432))
+        );
     }
 }

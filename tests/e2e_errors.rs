@@ -155,6 +155,45 @@ fn bad_port_is_a_usage_error() {
     }
 }
 
+/// Proxy mode on a document that starts a shell: the shell's prompt, sent at once and before
+/// any handshake, never reaches stdout (ssh would take it for its peer's banner); the one line
+/// says what the document started.
+#[test]
+fn proxy_mode_on_a_shell_document_writes_nothing_to_stdout() {
+    let shell = serde_json::json!({
+        "schemaVersion": "1.0",
+        "sessionType": "Standard_Stream",
+        "parameters": {
+            "portNumber": {"type": "String", "default": "22"},
+            "host": {"type": "String", "default": "localhost"}
+        }
+    });
+    let sim = Sim::start(SimConfig {
+        shell: Some("/bin/sh".into()),
+        shell_output_delay: Duration::ZERO,
+        documents: vec![("Corp-Shell".into(), shell)],
+        ..Default::default()
+    })
+    .expect("sim");
+    let home = TempDir::new("err-home");
+    let env = env_for(&home, sim.env(), &[], &[]);
+    // stdin stays open (EOF would end the session before the prompt can arrive).
+    let mut cmd = Command::new(proxy_bin());
+    apply_env(&mut cmd, &env)
+        .args(["--document", "Corp-Shell", TARGET, "22"])
+        .stdin(Stdio::piped());
+    let out = run_with_timeout(&mut cmd, BOUND);
+    let line = runtime_failure(&out);
+    assert!(line.contains("started a shell session"), "{line}");
+    assert_eq!(out.status.code(), Some(1), "{line}");
+    assert!(wait_until_no_sessions(&sim), "session left running");
+}
+
+/// Whether every session of `sim` has ended within a bounded wait.
+fn wait_until_no_sessions(sim: &Sim) -> bool {
+    support::wait_until(10, || sim.active_sessions() == 0)
+}
+
 /// A target the exit-status table's simulator answers with TargetNotConnected.
 const OFFLINE: &str = "i-0000000000000000a";
 /// A target it answers with AccessDeniedException.

@@ -260,6 +260,44 @@ fn bad_hand_offs_fail_cleanly() {
     assert!(line.contains("has no Target"), "{line}");
 }
 
+/// `SSM_PROXY_RESUME_TIMEOUT=abc` is the same usage error (exit 2, one line naming the
+/// variable) in proxy mode, forward and the drop-in, whose flags and variables are parsed by
+/// different code; the drop-in ends the session the AWS CLI started for it.
+#[test]
+fn a_bad_resume_timeout_is_a_usage_error_in_every_mode() {
+    let sim = Sim::start(SimConfig::default()).expect("simulator");
+    let home = TempDir::new("plugin-home");
+    let mut env = sim.env();
+    env.push(("HOME".into(), home.path().display().to_string()));
+    env.push(("SSM_PROXY_RESUME_TIMEOUT".into(), "abc".into()));
+    let request =
+        format!("{{\"Target\": \"{TARGET}\", \"DocumentName\": \"AWS-StartSSHSession\"}}");
+    let response = start_session_raw(&sim.endpoint(), &request);
+    let mut plugin_env = env.clone();
+    plugin_env.push(("AWS_SSM_START_SESSION_RESPONSE".into(), response));
+    let runs = [
+        ("proxy", proxy_run(&env, &[TARGET, "22"], BOUND)),
+        (
+            "forward",
+            proxy_run(&env, &["forward", TARGET, "-L", "0:22"], BOUND),
+        ),
+        (
+            "drop-in",
+            run_handed_over(&plugin_env, &request, &sim.endpoint()),
+        ),
+    ];
+    for (mode, out) in &runs {
+        let line = one_line_failure(out);
+        assert_eq!(out.status.code(), Some(2), "{mode}: {line}");
+        assert!(
+            line.contains("SSM_PROXY_RESUME_TIMEOUT") || line.contains("--resume-timeout"),
+            "{mode}: {line}"
+        );
+        assert!(line.contains("abc"), "{mode}: {line}");
+    }
+    assert!(wait_until(10, || sim.active_sessions() == 0));
+}
+
 /// `aws ssm start-session --document-name AWS-StartPortForwardingSession` through the drop-in:
 /// it listens where `localPortNumber` says (0: any port), prints where like the official plugin,
 /// moves bytes intact, and a signal leaves no session on the service.

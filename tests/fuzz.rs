@@ -123,7 +123,7 @@ fn framed(rng: &mut u64) -> Bytes {
         sequence: [0, 1, 2, 3, -1, i64::MAX, i64::MIN][(r >> 24) as usize % 7],
         flags: r >> 32,
         message_id: uuid::Uuid::from_u128(u128::from(splitmix(rng))),
-        payload_type: (r >> 40) as u32 % 14,
+        payload_type: ssm_proxy::proto::frame::PayloadType((r >> 40) as u32 % 14),
         payload: payload.into(),
     }
     .encode()

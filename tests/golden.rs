@@ -2,7 +2,7 @@
 //! documented fields and, for the HL-116 frames, re-encodes byte for byte.
 
 use bytes::Bytes;
-use ssm_proxy::proto::frame::{Frame, FrameError, MessageType, flags, ptype};
+use ssm_proxy::proto::frame::{Frame, FrameError, MessageType, flag, flags, ptype};
 use ssm_proxy::proto::handshake;
 use ssm_proxy::proto::payload::{Acknowledge, ChannelClosed, HandshakeComplete, HandshakeRequest};
 
@@ -67,7 +67,7 @@ fn v2_ack_payload_is_what_we_serialize() {
     let f = Frame::decode(&vector("V2")).unwrap();
     assert_eq!(
         (f.message_type.clone(), f.flags, f.payload_type),
-        (MessageType::Acknowledge, flags::ACK, 0)
+        (MessageType::Acknowledge, flags::ACK, ptype::NONE)
     );
     let ours = Acknowledge {
         acknowledged_message_type: "output_stream_data".into(),
@@ -83,7 +83,7 @@ fn v3_terminate_flag_and_v4_size() {
     let f = Frame::decode(&vector("V3")).unwrap();
     assert_eq!(
         (f.sequence, f.payload_type, f.flag_value()),
-        (3, ptype::FLAG, 2)
+        (3, ptype::FLAG, flag::TERMINATE_SESSION)
     );
     let f = Frame::decode(&vector("V4")).unwrap();
     assert_eq!((f.sequence, f.payload_type), (1, ptype::SIZE));
@@ -125,7 +125,7 @@ fn v7_handshake_complete() {
 fn v8_service_channel_closed_with_hl_112() {
     let f = Frame::decode(&vector("V8")).unwrap();
     assert_eq!(f.message_type, MessageType::ChannelClosed);
-    assert_eq!(f.payload_type, 0);
+    assert_eq!(f.payload_type, ptype::NONE);
     assert_eq!(f.payload.len(), 229);
     let closed: ChannelClosed = serde_json::from_slice(&f.payload).unwrap();
     assert_eq!(closed.session_id, "user-0123456789abcdef0");

@@ -24,6 +24,7 @@ const RULES: [(&str, &[&str]); 7] = [
             "proto::payload",
             "proto::smux",
             "proto::crypto",
+            "proto::documents",
             "os",
         ],
     ),

@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
-use ssm_proxy::proto::frame::{Frame, MessageType, ptype};
+use ssm_proxy::proto::frame::{Frame, MessageType, PayloadType, ptype};
 use ssm_proxy::proto::payload::Acknowledge;
 use ssm_proxy::proto::{Event, Session, SessionConfig, SessionKind};
 
-fn agent_frame(seq: i64, pt: u32, payload: impl Into<Bytes>) -> Bytes {
+fn agent_frame(seq: i64, pt: PayloadType, payload: impl Into<Bytes>) -> Bytes {
     Frame {
         message_type: MessageType::OutputStreamData,
         schema_version: 1,
@@ -33,7 +33,7 @@ fn ack_of(seq: i64) -> Bytes {
         sequence: 0,
         flags: 3,
         message_id: uuid::Uuid::nil(),
-        payload_type: 0,
+        payload_type: ptype::NONE,
         payload: body.to_string().into(),
     }
     .encode()
@@ -251,7 +251,7 @@ fn pause_publication_holds_input_until_start_or_watchdog() {
         sequence: 0,
         flags: 0,
         message_id: uuid::Uuid::nil(),
-        payload_type: 0,
+        payload_type: ptype::NONE,
         payload: Bytes::new(),
     };
     s.handle_frame(t0, pause.encode());
@@ -293,7 +293,7 @@ fn channel_closed(output: &str) -> Frame {
         sequence: 0,
         flags: 0,
         message_id: uuid::Uuid::nil(),
-        payload_type: 0,
+        payload_type: ptype::NONE,
         payload: Bytes::from(format!(r#"{{"Output":"{output}"}}"#)),
     }
 }

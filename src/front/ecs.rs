@@ -16,9 +16,8 @@ use crate::cli::{AwsArgs, ShellArgs, UsageError};
 use crate::front::settings::SessionSettings;
 use crate::front::shell::{self, Plan};
 use crate::os;
+use crate::proto::documents;
 
-/// The document ECS Exec sessions run (session type InteractiveCommands).
-pub const ECS_DOCUMENT: &str = "AmazonECS-ExecuteInteractiveCommand";
 /// What `shell ecs:…` runs without a COMMAND.
 pub const DEFAULT_COMMAND: &str = "/bin/sh";
 
@@ -60,7 +59,7 @@ pub async fn shell(
     let command =
         shell::remote_command(&args.command).unwrap_or_else(|| DEFAULT_COMMAND.to_owned());
     let plan = Plan {
-        document: ECS_DOCUMENT.to_owned(),
+        document: documents::ECS_EXEC.to_owned(),
         parameters: HashMap::from([("command".to_owned(), vec![command.clone()])]),
         remote_tty: true,
     };

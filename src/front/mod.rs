@@ -7,6 +7,7 @@ pub mod manual;
 pub mod plugin;
 pub mod proxy;
 pub mod report;
+pub mod session;
 pub mod settings;
 pub mod shell;
 #[cfg(feature = "sim")]

@@ -24,19 +24,18 @@ use std::ffi::OsString;
 
 use serde_json::Value;
 
-use std::time::Duration;
-
-use tokio::sync::mpsc;
-
 use crate::aws::{Aws, AwsOptions, SessionGrant};
 use crate::cli::UsageError;
 use crate::front::forward::{self, Forward};
+use crate::front::session::{self, Opened, Opening};
+use crate::front::settings::{Mode, SessionSettings};
 use crate::front::{ecs, proxy, shell};
 use crate::net::Net;
 use crate::os;
+use crate::proto::SessionKind;
+use crate::proto::documents;
 use crate::proto::session::CLIENT_VERSION;
-use crate::proto::{SessionConfig, SessionKind};
-use crate::transport::{DriveError, Driver, DriverConfig, End, Local, Outcome};
+use crate::transport::{DriveError, End};
 
 /// The name the AWS CLI runs.
 pub const PLUGIN_NAME: &str = "session-manager-plugin";
@@ -170,80 +169,36 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
         ))
         .into());
     }
-    let resp: Value = serde_json::from_str(response).map_err(|e| {
-        PluginError::BadHandOff(format!("the StartSession response is not JSON ({e})"))
-    })?;
-    // `aws ecs execute-command` hands over ECS's camelCase keys (§16.2).
-    let field = |k: &str| {
-        ecs::field(&resp, k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
-    let (Some(session_id), Some(token), Some(stream_url)) =
-        (field("SessionId"), field("TokenValue"), field("StreamUrl"))
-    else {
-        return Err(PluginError::BadHandOff(
-            "the StartSession response lacks SessionId, TokenValue or StreamUrl".into(),
-        )
-        .into());
-    };
-    let grant = SessionGrant {
-        session_id,
-        token,
-        stream_url,
-    };
-    // Legacy 4-argument calls have no request; `"Parameters": null` is tolerated (§1.3).
-    let request: Value = match &args.request {
-        None => Value::Null,
-        Some(r) => serde_json::from_str(r).map_err(|e| {
-            PluginError::BadHandOff(format!("the StartSession request is not JSON ({e})"))
-        })?,
-    };
-    let target = match request.get("Target").and_then(Value::as_str) {
-        Some(t) => t.to_owned(),
-        None if args.request.is_none() => "unknown".to_owned(),
-        None => {
-            return Err(
-                PluginError::BadHandOff("the StartSession request has no Target".into()).into(),
-            );
-        }
-    };
-    let from_ecs = ecs::is_hand_off(&resp, args.endpoint.as_deref());
-    let document = request
-        .get("DocumentName")
-        .and_then(Value::as_str)
-        .unwrap_or(match from_ecs {
-            true => ecs::ECS_DOCUMENT,
-            false => shell::SHELL_DOCUMENT,
-        })
-        .to_owned();
-    let parameters = document_parameters(&request);
-    let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    // A mistake in the proxy settings still ends the session the AWS CLI started, directly.
+    let (grant, request) = HandOff::parse(&args, response)?;
+    // A mistake in the proxy settings or in our variables still ends the session the AWS CLI
+    // started, directly.
     let (net, net_error) = match Net::from_env(None) {
         Ok(net) => (net, None),
         Err(e) => (Net::default(), Some(e)),
     };
+    let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let aws = Aws::load(&AwsOptions {
         profile: nonempty(&args.profile),
         region: nonempty(&args.region),
         // From ECS, argv[6] is the ECS endpoint: SSM calls go to the region's SSM endpoint.
-        endpoint_url: args.endpoint.clone().filter(|_| !from_ecs),
+        endpoint_url: args.endpoint.clone().filter(|_| !request.from_ecs),
         reason: None,
         net,
     })
     .await?;
     let session_id = grant.session_id.clone();
-    if let Some(e) = net_error {
-        return Err(super::end_failed_session(&aws, &session_id, e).await);
-    }
+    let settings = match (net_error, SessionSettings::from_env()) {
+        (Some(e), _) => return Err(super::end_failed_session(&aws, &session_id, e).await),
+        (None, Err(e)) => {
+            return Err(super::end_failed_session(&aws, &session_id, e.into()).await);
+        }
+        (None, Ok(settings)) => settings,
+    };
     let session = Handed {
         aws,
         session_id,
-        target,
-        document,
-        parameters,
+        request,
+        settings,
     };
     let result = session.run(grant).await;
     // The official plugin ends every session with status 0, a reason from the service
@@ -260,15 +215,83 @@ pub async fn run(args: PluginArgs, response: &str) -> anyhow::Result<u8> {
     }
 }
 
-/// A session the AWS CLI started and handed over.
-struct Handed {
-    aws: Aws,
-    session_id: String,
+/// What the AWS CLI's StartSession request asked for.
+struct HandOff {
     target: String,
     /// The document the AWS CLI asked for: for messages and the command plan; what runs is
     /// what the agent's handshake says.
     document: String,
     parameters: HashMap<String, Vec<String>>,
+    /// Handed over by `aws ecs execute-command`.
+    from_ecs: bool,
+}
+
+impl HandOff {
+    /// The grant in `response` and what the request in `args` asked for.
+    fn parse(args: &PluginArgs, response: &str) -> Result<(SessionGrant, Self), PluginError> {
+        let resp: Value = serde_json::from_str(response).map_err(|e| {
+            PluginError::BadHandOff(format!("the StartSession response is not JSON ({e})"))
+        })?;
+        // `aws ecs execute-command` hands over ECS's camelCase keys (§16.2).
+        let field = |k: &str| {
+            ecs::field(&resp, k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let (Some(session_id), Some(token), Some(stream_url)) =
+            (field("SessionId"), field("TokenValue"), field("StreamUrl"))
+        else {
+            return Err(PluginError::BadHandOff(
+                "the StartSession response lacks SessionId, TokenValue or StreamUrl".into(),
+            ));
+        };
+        let grant = SessionGrant {
+            session_id,
+            token,
+            stream_url,
+        };
+        // Legacy 4-argument calls have no request; `"Parameters": null` is tolerated (§1.3).
+        let request: Value = match &args.request {
+            None => Value::Null,
+            Some(r) => serde_json::from_str(r).map_err(|e| {
+                PluginError::BadHandOff(format!("the StartSession request is not JSON ({e})"))
+            })?,
+        };
+        let target = match request.get("Target").and_then(Value::as_str) {
+            Some(t) => t.to_owned(),
+            None if args.request.is_none() => "unknown".to_owned(),
+            None => {
+                return Err(PluginError::BadHandOff(
+                    "the StartSession request has no Target".into(),
+                ));
+            }
+        };
+        let from_ecs = ecs::is_hand_off(&resp, args.endpoint.as_deref());
+        let document = request
+            .get("DocumentName")
+            .and_then(Value::as_str)
+            .unwrap_or(match from_ecs {
+                true => documents::ECS_EXEC,
+                false => documents::SHELL,
+            })
+            .to_owned();
+        let hand_off = Self {
+            target,
+            document,
+            parameters: document_parameters(&request),
+            from_ecs,
+        };
+        Ok((grant, hand_off))
+    }
+}
+
+/// A session the AWS CLI started and handed over.
+struct Handed {
+    aws: Aws,
+    session_id: String,
+    request: HandOff,
+    settings: SessionSettings,
 }
 
 impl Handed {
@@ -278,64 +301,38 @@ impl Handed {
     /// command on the terminal, or port forwarding on `localPortNumber`. Custom documents and
     /// documents started without `--parameters` work the same way.
     async fn run(&self, grant: SessionGrant) -> anyhow::Result<u8> {
-        let config = DriverConfig {
-            resume_timeout: Duration::from_secs(env_resume_timeout()),
-            target: self.target.clone(),
-            notify: super::report::notify,
-            // Port forwarding must not take output before a local connection exists, and
-            // whether this is port forwarding is known only after the handshake.
-            session: SessionConfig {
-                hold_output: true,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
         // Re-enables SIGINT, which the AWS CLI set to ignored before starting us (§1.3).
         let mut signals = os::signals();
-        let opened = async {
-            let mut driver = Driver::connect(self.aws.clone(), grant, config).await?;
-            let ready = until_ready(&mut driver, &mut signals).await?;
-            Ok::<_, DriveError>((driver, ready))
-        };
-        let (mut driver, kind) = match opened.await {
-            Ok((driver, Ok(kind))) => (driver, kind),
+        let (aws, target) = (self.aws.clone(), &self.request.target);
+        let open = session::open(&aws, grant, target, &self.settings, Mode::Any, &mut signals);
+        let opened = match open.await {
+            Ok(Opening::Opened(opened)) => opened,
             // Over before it was ready: a signal, or the service closed it.
-            Ok((_, Err(outcome))) => {
+            Ok(Opening::Ended(outcome)) => {
                 return Ok(match outcome.end {
                     End::Signal(sig) => os::signal_exit_code(sig),
                     _ => 0,
                 });
             }
             Err(e) => {
-                return Err(super::end_failed_session(&self.aws, &self.session_id, e.into()).await);
+                return Err(super::end_failed_session(&aws, &self.session_id, e.into()).await);
             }
         };
-        let session_type = driver.session_type().cloned().unwrap_or_default();
-        tracing::info!(?kind, session_type = %session_type.session_type, properties = %session_type.properties, "the handshake decides the mode");
-        let (aws, id, target) = (self.aws.clone(), &self.session_id, &self.target);
-        match kind {
-            SessionKind::Stream => {
-                // ssh hanging up on us (SIGHUP) is an end like EOF, as in proxy mode.
-                driver.config_mut().hangup = Some(os::SIGHUP);
-                driver.open_output();
-                let opened = std::future::ready(Ok(driver));
-                proxy::relay_opened(aws, id, target, opened, &mut signals).await
-            }
+        match opened.kind {
+            SessionKind::Stream => proxy::relay_opened(aws, opened, target, &mut signals).await,
             SessionKind::Shell => {
-                driver.open_output();
                 let plan = shell::Plan {
                     // Only NonInteractiveCommands runs without a pty; shells and interactive
                     // commands without KMS send no handshake at all (agent `sessionplugin.go`).
-                    remote_tty: session_type.session_type != NON_INTERACTIVE,
-                    parameters: self.parameters.clone(),
-                    document: self.document.clone(),
+                    remote_tty: opened.session_type().session_type != NON_INTERACTIVE,
+                    parameters: self.request.parameters.clone(),
+                    document: self.request.document.clone(),
                 };
-                let opened = std::future::ready(Ok(driver));
-                shell::run_opened(aws, id, target, opened, &plan, signals).await
+                shell::run_opened(aws, opened, target, &plan, signals).await
             }
             SessionKind::Mux { .. } | SessionKind::Basic => {
                 drop(signals);
-                self.port_forward(driver, &session_type.properties).await
+                self.port_forward(opened).await
             }
         }
     }
@@ -345,7 +342,9 @@ impl Handed {
     /// (scripts wait for "Waiting for connections..."; stdout is no byte stream here). A lost
     /// connection is resumed; a session the service ends (idle timeout, maximum duration,
     /// TerminateSession) ends this, and no new session is started.
-    async fn port_forward(&self, mut driver: Driver, properties: &Value) -> anyhow::Result<u8> {
+    async fn port_forward(&self, opened: Opened) -> anyhow::Result<u8> {
+        let properties = opened.session_type().properties;
+        let mut driver = opened.driver;
         let property = |k: &str| match properties.get(k) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
@@ -380,11 +379,11 @@ impl Handed {
         );
         let forward = Forward {
             aws: self.aws.clone(),
-            target: self.target.clone(),
-            document: self.document.clone(),
-            parameters: self.parameters.clone(),
+            target: self.request.target.clone(),
+            document: self.request.document.clone(),
+            parameters: self.request.parameters.clone(),
             destination,
-            resume_timeout: env_resume_timeout(),
+            settings: self.settings.clone(),
         };
         match forward::run_opened(forward, driver, listener).await? {
             End::Signal(sig) => Ok(os::signal_exit_code(sig)),
@@ -396,26 +395,6 @@ impl Handed {
 
 /// The session type that runs a command on pipes rather than on a pty.
 const NON_INTERACTIVE: &str = "NonInteractiveCommands";
-
-/// Runs the session until the handshake (or a shell's first output) says what it is, with no
-/// local side yet: `hold_output` keeps the agent's output unacked meanwhile. `Err` carries the
-/// outcome of a session that ended first.
-async fn until_ready(
-    driver: &mut Driver,
-    signals: &mut mpsc::Receiver<i32>,
-) -> Result<Result<SessionKind, Outcome>, DriveError> {
-    // Both ends stay alive and unused: no input, and a reader that is never gone.
-    let (_input_tx, input) = mpsc::channel(1);
-    let (output, _output_rx) = mpsc::channel(1);
-    match driver
-        .run_kind(Local { input, output }, signals, |_| false)
-        .await
-    {
-        Err(kind) => Ok(Ok(kind)),
-        Ok(Ok(outcome)) => Ok(Err(outcome)),
-        Ok(Err(e)) => Err(e),
-    }
-}
 
 /// The request's `Parameters`: lists of strings as the AWS CLI sends them (single strings and
 /// numbers tolerated).
@@ -436,13 +415,6 @@ fn document_parameters(request: &Value) -> HashMap<String, Vec<String>> {
             (k.clone(), values)
         })
         .collect()
-}
-
-fn env_resume_timeout() -> u64 {
-    std::env::var("SSM_PROXY_RESUME_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The ProxyCommand relay (`ssm-proxy %h %p`): resolve the target (id, name, tag, alias), push a
 //! key with EC2 Instance Connect if asked, StartSession with AWS-StartSSHSession, then stdin →
-//! data channel → stdout, and nothing else ever on stdout (§8.2, pitfall 7). [`relay`] is the
+//! data channel → stdout, and nothing else ever on stdout (§8.2, pitfall 7): not even the
+//! session's own bytes until its handshake says it is a byte stream. [`relay_opened`] is the
 //! part the session-manager-plugin entry shares.
 
 use std::path::PathBuf;
@@ -12,11 +13,12 @@ use tracing::Instrument;
 use crate::aws::{Aws, SessionGrant};
 use crate::cli::{self, AwsArgs, Cli, UsageError};
 use crate::front::report;
+use crate::front::session::{self, Opened, Opening};
 use crate::front::settings::{Mode, SessionSettings};
 use crate::front::target::{self, Alias, TargetSpec};
 use crate::os;
 use crate::proto::SessionKind;
-use crate::transport::{DriveError, Driver, DriverConfig, End, Outcome, stdio};
+use crate::transport::{Driver, End, Outcome, stdio};
 
 /// Public keys `--send-key` tries, in order, under `~/.ssh`.
 const DEFAULT_KEYS: [&str; 3] = ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"];
@@ -85,9 +87,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         r = prepare => r?,
         sig = signals.recv() => return Ok(os::signal_exit_code(sig.unwrap_or(os::SIGINT))),
     };
-    let config = settings.driver_config(Mode::Relay, &target, "");
     let watchdog = os::Watchdog::start(&grant.session_id);
-    let result = relay(aws, grant, &target, config, &mut signals).await;
+    let result = relay(aws, grant, &target, &settings, &mut signals).await;
     watchdog.disarm();
     result
 }
@@ -111,81 +112,91 @@ async fn watch(aws_args: &AwsArgs, session_id: &str) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The relay's driver configuration from bare tunables: the session-manager-plugin entry's
-/// (it has no [`SessionSettings`] yet; [`SessionSettings::from_env`] is its replacement).
-pub fn driver_config(max_payload: usize, resume_timeout: u64, dead_after: u64) -> DriverConfig {
-    let settings = SessionSettings {
-        resume_timeout: Duration::from_secs(resume_timeout),
-        dead_after: Duration::from_secs(dead_after),
-        max_payload,
-        ..SessionSettings::default()
-    };
-    settings.driver_config(Mode::Relay, "", "")
-}
-
-/// Relays stdin and stdout over a started Stream session until it ends, and leaves nothing
-/// running on the service if it fails. Used by proxy mode and by the session-manager-plugin
-/// entry (which gets its grant from the AWS CLI).
+/// Opens a started session and relays stdin and stdout over it until it ends, if the handshake
+/// says it is a byte stream; leaves nothing running on the service if it fails.
 pub async fn relay(
     aws: Aws,
     grant: SessionGrant,
     target: &str,
-    config: DriverConfig,
+    settings: &SessionSettings,
     signals: &mut mpsc::Receiver<i32>,
 ) -> anyhow::Result<u8> {
     let session_id = grant.session_id.clone();
-    let config = DriverConfig {
-        target: target.to_owned(),
-        ..config
-    };
-    let open = Driver::connect(aws.clone(), grant, config);
-    relay_opened(aws, &session_id, target, open, signals).await
-}
-
-/// [`relay`] over the data channel `open` yields: one being opened, or one already open whose
-/// handshake the session-manager-plugin entry has seen.
-pub async fn relay_opened(
-    aws: Aws,
-    session_id: &str,
-    target: &str,
-    open: impl Future<Output = Result<Driver, DriveError>>,
-    signals: &mut mpsc::Receiver<i32>,
-) -> anyhow::Result<u8> {
     let span = tracing::info_span!("session", id = %session_id, %target);
-    let result: anyhow::Result<Outcome> = async {
+    let result = async {
         tracing::info!("session started");
-        let mut driver = open.await.map_err(anyhow::Error::from)?;
-        let (local, stdout_done) = stdio::local();
-        // A port-forwarding document would mix smux frames into ssh's byte stream.
-        let run = driver.run_kind(local, signals, |k| *k == SessionKind::Stream);
-        let outcome = tokio::select! {
-            outcome = run => outcome.map_err(NotStream)?,
-            // Nobody reads what the session would deliver: end it now, not at stdin's EOF.
-            () = os::stdout_closed() => {
-                tracing::info!("stdout closed; ending the session");
-                let terminated = aws.terminate_session(session_id).await.is_ok();
-                Ok(Outcome { end: End::LocalGone, exit_code: None, terminated })
+        match session::open(&aws, grant, target, settings, Mode::Relay, signals).await? {
+            Opening::Ended(outcome) => Ok(outcome),
+            Opening::Opened(o) if o.kind == SessionKind::Stream => {
+                serve(&aws, o.into_output(), signals).await
             }
-        };
-        tracing::info!(?outcome, "session result");
-        // On a normal end, what was received must reach stdout before we exit.
-        if let Ok(Outcome {
-            end: end @ (End::Closed | End::Gone | End::LocalEof),
-            ..
-        }) = &outcome
-        {
-            report::session_end(end, session_id);
-            stdout_done.wait(Duration::from_secs(30));
+            // A shell's prompt or smux frames would corrupt ssh's byte stream: nothing of
+            // theirs has reached stdout.
+            Opening::Opened(o) => Err(NotStream(o.kind).into()),
         }
-        Ok(outcome?)
     }
     .instrument(span)
     .await;
+    finish(aws, &session_id, result).await
+}
+
+/// Relays stdin and stdout over an open byte-stream session (the session-manager-plugin
+/// entry's, whose kind it has dispatched on) until it ends.
+pub async fn relay_opened(
+    aws: Aws,
+    opened: Opened,
+    target: &str,
+    signals: &mut mpsc::Receiver<i32>,
+) -> anyhow::Result<u8> {
+    let driver = opened.into_output();
+    let session_id = driver.session_id().to_owned();
+    let span = tracing::info_span!("session", id = %session_id, %target);
+    let result = serve(&aws, driver, signals).instrument(span).await;
+    finish(aws, &session_id, result).await
+}
+
+/// Runs a byte-stream session on stdin and stdout to its end.
+async fn serve(
+    aws: &Aws,
+    mut driver: Driver,
+    signals: &mut mpsc::Receiver<i32>,
+) -> anyhow::Result<Outcome> {
+    // ssh hanging up on us (SIGHUP) is an end like EOF.
+    driver.config_mut().hangup = Some(os::SIGHUP);
+    let session_id = driver.session_id().to_owned();
+    let (local, stdout_done) = stdio::local();
+    let outcome = tokio::select! {
+        outcome = driver.run(local, None, signals) => outcome,
+        // Nobody reads what the session would deliver: end it now, not at stdin's EOF.
+        () = os::stdout_closed() => {
+            tracing::info!("stdout closed; ending the session");
+            let terminated = aws.terminate_session(&session_id).await.is_ok();
+            Ok(Outcome { end: End::LocalGone, exit_code: None, terminated })
+        }
+    };
+    tracing::info!(?outcome, "session result");
+    // On a normal end, what was received must reach stdout before we exit.
+    if let Ok(Outcome {
+        end: End::Closed | End::Gone | End::LocalEof,
+        ..
+    }) = &outcome
+    {
+        stdout_done.wait(Duration::from_secs(30));
+    }
+    Ok(outcome?)
+}
+
+/// The exit status of a relay that ended with `result`: the line for a normal end, the session
+/// terminated after a failure, and any TerminateSession still owed retried.
+async fn finish(aws: Aws, session_id: &str, result: anyhow::Result<Outcome>) -> anyhow::Result<u8> {
     let result = match result {
-        Ok(outcome) => Ok(match outcome.end {
-            End::Signal(sig) => os::signal_exit_code(sig),
-            _ => 0,
-        }),
+        Ok(outcome) => {
+            report::session_end(&outcome.end, session_id);
+            Ok(match outcome.end {
+                End::Signal(sig) => os::signal_exit_code(sig),
+                _ => 0,
+            })
+        }
         Err(e) => Err(super::end_failed_session(&aws, session_id, e).await),
     };
     super::settle(&aws, result).await

@@ -1,8 +1,8 @@
 //! Per-session settings, built once: from the command line (clap also reads their environment
 //! variables) or, for the session-manager-plugin entry, from the environment alone, with the
-//! same usage error for a bad value either way. Every mode gets its driver configuration from
-//! [`SessionSettings::driver_config`], so a new per-session setting touches the CLI, this type
-//! and the code that uses it.
+//! same usage error for a bad value either way. Every mode opens its session with them through
+//! [`session::open`](super::session::open), so a new per-session setting touches the CLI, this
+//! type and the code that uses it.
 
 use std::time::Duration;
 
@@ -16,6 +16,10 @@ use crate::transport::DriverConfig;
 pub const RESUME_TIMEOUT_ENV: &str = "SSM_PROXY_RESUME_TIMEOUT";
 /// `--dead-after`'s variable.
 pub const DEAD_AFTER_ENV: &str = "SSM_PROXY_DEAD_AFTER";
+/// `--max-rate`'s variable.
+pub const MAX_RATE_ENV: &str = "SSM_PROXY_MAX_RATE";
+/// `--eof-wait`'s variable.
+pub const EOF_WAIT_ENV: &str = "SSM_PROXY_EOF_WAIT";
 
 /// What one session is allowed and expected to do, whatever the mode.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +32,8 @@ pub struct SessionSettings {
     pub max_payload: usize,
     /// Upload rate limit (`--max-rate`), on top of what pause_publication teaches.
     pub max_rate: Rate,
+    /// After local EOF, how long to wait for the service to close the session.
+    pub eof_wait: Duration,
 }
 
 /// What the session's bytes are, which decides how its local side ends.
@@ -40,6 +46,9 @@ pub enum Mode {
     Forward,
     /// A shell or a command.
     Shell,
+    /// Whatever the handshake says (the session-manager-plugin drop-in, whose session the AWS
+    /// CLI started from any document).
+    Any,
 }
 
 impl Default for SessionSettings {
@@ -49,6 +58,7 @@ impl Default for SessionSettings {
             dead_after: Duration::from_secs(30),
             max_payload: 1024,
             max_rate: Rate::default(),
+            eof_wait: Duration::from_secs(5),
         }
     }
 }
@@ -61,6 +71,7 @@ impl SessionSettings {
             dead_after: Duration::from_secs(cli.dead_after),
             max_payload: cli.max_payload,
             max_rate: cli.resume.max_rate.unwrap_or_default(),
+            eof_wait: Duration::from_secs(cli.resume.eof_wait),
         }
     }
 
@@ -69,6 +80,7 @@ impl SessionSettings {
     pub fn from_resume(args: &ResumeArgs) -> Self {
         Self {
             max_rate: args.max_rate.unwrap_or_default(),
+            eof_wait: Duration::from_secs(args.eof_wait),
             ..Self::resuming(args.resume_timeout)
         }
     }
@@ -82,13 +94,16 @@ impl SessionSettings {
     }
 
     /// The settings of the session-manager-plugin entry, which has no command line of ours:
-    /// `SSM_PROXY_RESUME_TIMEOUT` and `SSM_PROXY_DEAD_AFTER`, or the defaults. A value that is
+    /// `SSM_PROXY_RESUME_TIMEOUT`, `SSM_PROXY_DEAD_AFTER`, `SSM_PROXY_MAX_RATE` and
+    /// `SSM_PROXY_EOF_WAIT`, or the defaults. A value that is
     /// not a number of seconds is a usage error, as it is for the flags.
     pub fn from_env() -> Result<Self, UsageError> {
         let defaults = Self::default();
         Ok(Self {
             resume_timeout: env_seconds(RESUME_TIMEOUT_ENV)?.unwrap_or(defaults.resume_timeout),
             dead_after: env_seconds(DEAD_AFTER_ENV)?.unwrap_or(defaults.dead_after),
+            eof_wait: env_seconds(EOF_WAIT_ENV)?.unwrap_or(defaults.eof_wait),
+            max_rate: env_rate()?.unwrap_or_default(),
             ..defaults
         })
     }
@@ -109,12 +124,12 @@ impl SessionSettings {
             },
             resume_timeout: self.resume_timeout,
             dead_after,
+            eof_wait: self.eof_wait,
             ping_interval: dead_after.min(Duration::from_secs(30)) / 3,
             hangup: (mode == Mode::Relay).then_some(os::SIGHUP),
             target: target.to_owned(),
             destination: destination.to_owned(),
             notify: super::report::notify,
-            ..Default::default()
         }
     }
 }
@@ -122,6 +137,20 @@ impl SessionSettings {
 /// A whole number of seconds from the variable `name`, if set and not empty.
 fn env_seconds(name: &str) -> Result<Option<Duration>, UsageError> {
     seconds(name, std::env::var_os(name).as_deref())
+}
+
+/// `--max-rate`'s value from its variable, if set and not empty.
+fn env_rate() -> Result<Option<Rate>, UsageError> {
+    let Some(value) = std::env::var_os(MAX_RATE_ENV).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    Rate::parse(&text).map(Some).map_err(|e| {
+        UsageError(format!(
+            "invalid value {text:?} for {MAX_RATE_ENV}: {e}: give N messages per second or N \
+             with B, K or M for bytes per second, or unset it"
+        ))
+    })
 }
 
 /// `value` of the variable `name` as a whole number of seconds.
@@ -183,6 +212,23 @@ mod tests {
         let c = SessionSettings::from_resume(&a.resume).driver_config(Mode::Shell, "i-1", "");
         assert_eq!(c.session.max_rate.bytes, Some(512.0 * 1024.0));
         assert_eq!(SessionSettings::default().max_rate, Rate::default());
+        let args = [
+            "ssm-proxy",
+            "forward",
+            "--eof-wait",
+            "9",
+            "i-1",
+            "-L",
+            "1:2",
+        ];
+        let forward = Cli::try_parse_from(args).unwrap();
+        let Some(crate::cli::Command::Forward(a)) = &forward.command else {
+            panic!("forward")
+        };
+        let c = SessionSettings::from_resume(&a.resume).driver_config(Mode::Forward, "i-1", "");
+        assert_eq!(c.eof_wait, Duration::from_secs(9));
+        let c = SessionSettings::default().driver_config(Mode::Relay, "i-1", "");
+        assert_eq!(c.eof_wait, Duration::from_secs(5));
     }
 
     #[test]

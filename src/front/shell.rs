@@ -7,7 +7,7 @@
 //! status is the remote command's (ExitCode payload, which the agent sends only for
 //! NonInteractiveCommands with `separateOutputStream=true`, so we ask for it), or 0 when the
 //! channel closed without one.
-//! Nothing here speaks the protocol: the [`Driver`] does.
+//! Nothing here speaks the protocol: the [`Driver`](crate::transport::Driver) does.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -21,19 +21,14 @@ use tracing::Instrument;
 use crate::aws::{Aws, SessionGrant};
 use crate::cli::{self, AwsArgs, ShellArgs, UsageError};
 use crate::front::report;
+use crate::front::session::{self, Opened, Opening};
 use crate::front::settings::{Mode, SessionSettings};
 use crate::front::target::{self, TargetSpec};
 use crate::os;
 use crate::proto::SessionKind;
+use crate::proto::documents;
 use crate::proto::payload::Size;
-use crate::transport::{DriveError, Driver, End, Input, Local, Outcome, stdio};
-
-/// The shell document (the account's Session Manager preferences, §1.2).
-pub const SHELL_DOCUMENT: &str = "SSM-SessionManagerRunShell";
-/// One command on a remote terminal (`-t`).
-pub const INTERACTIVE_DOCUMENT: &str = "AWS-StartInteractiveCommand";
-/// One command on pipes, with separate stderr and an exit code.
-pub const COMMAND_DOCUMENT: &str = "AWS-StartNonInteractiveCommand";
+use crate::transport::{End, Input, Local, Outcome, stdio};
 
 /// The NonInteractiveCommands parameter that makes the agent send stderr apart and the exit
 /// status at the end.
@@ -71,18 +66,18 @@ impl Plan {
                 document: args
                     .document
                     .clone()
-                    .unwrap_or_else(|| SHELL_DOCUMENT.into()),
+                    .unwrap_or_else(|| documents::SHELL.into()),
                 parameters,
                 remote_tty: true,
             });
         };
         parameters.insert("command".into(), vec![command]);
         let default = match args.tty {
-            true => INTERACTIVE_DOCUMENT,
-            false => COMMAND_DOCUMENT,
+            true => documents::INTERACTIVE_COMMAND,
+            false => documents::NON_INTERACTIVE_COMMAND,
         };
         let document = args.document.clone().unwrap_or_else(|| default.into());
-        if document == COMMAND_DOCUMENT {
+        if document == documents::NON_INTERACTIVE_COMMAND {
             // Without it the agent merges stderr into the output and reports no exit status
             // (agent `shell.go`: only `processCommandsWithOutputStreamSeparate` sends StdErr
             // and `EXIT_CODE: n`).
@@ -154,51 +149,45 @@ pub async fn run(args: ShellArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
     run_session(aws, grant, &target, &plan, &settings, signals).await
 }
 
-/// [`run_session`] for the session-manager-plugin entry, which has only a resume timeout
-/// (until it builds [`SessionSettings::from_env`] itself).
-pub async fn run_granted(
-    aws: Aws,
-    grant: SessionGrant,
-    target: &str,
-    plan: &Plan,
-    resume_timeout: u64,
-    signals: mpsc::Receiver<i32>,
-) -> anyhow::Result<u8> {
-    let settings = SessionSettings::resuming(resume_timeout);
-    run_session(aws, grant, target, plan, &settings, signals).await
-}
-
-/// Runs a started shell or command session to its end (also for the session-manager-plugin
-/// entry, whose session the AWS CLI started); returns the process exit status.
+/// Opens a started shell or command session and runs it to its end (also for ECS Exec);
+/// returns the process exit status.
 pub async fn run_session(
     aws: Aws,
     grant: SessionGrant,
     target: &str,
     plan: &Plan,
     settings: &SessionSettings,
-    signals: mpsc::Receiver<i32>,
+    mut signals: mpsc::Receiver<i32>,
 ) -> anyhow::Result<u8> {
-    let config = settings.driver_config(Mode::Shell, target, "");
     let session_id = grant.session_id.clone();
-    let open = Driver::connect(aws.clone(), grant, config);
-    run_opened(aws, &session_id, target, open, plan, signals).await
+    let span = tracing::info_span!("session", id = %session_id, %target);
+    let open = session::open(&aws, grant, target, settings, Mode::Shell, &mut signals);
+    let result = match open.instrument(span).await {
+        Ok(Opening::Opened(o)) if o.kind == SessionKind::Shell => {
+            return run_opened(aws, o, target, plan, signals).await;
+        }
+        Ok(Opening::Opened(o)) => Err(NotShell(o.kind).into()),
+        Ok(Opening::Ended(outcome)) => Ok(outcome),
+        Err(e) => Err(e.into()),
+    };
+    finish(&aws, &session_id, result).await
 }
 
-/// [`run_granted`] over the data channel `open` yields: one being opened, or one already open
-/// whose handshake the session-manager-plugin entry has seen.
+/// Runs an open shell or command session (its kind dispatched on: here or by the
+/// session-manager-plugin entry) on the terminal or stdio to its end.
 pub async fn run_opened(
     aws: Aws,
-    session_id: &str,
+    opened: Opened,
     target: &str,
-    open: impl Future<Output = Result<Driver, DriveError>>,
     plan: &Plan,
     signals: mpsc::Receiver<i32>,
 ) -> anyhow::Result<u8> {
+    let mut driver = opened.into_output();
+    let session_id = driver.session_id().to_owned();
     let raw = plan.remote_tty && std::io::stdin().is_terminal();
     let span = tracing::info_span!("session", id = %session_id, %target);
     let result: anyhow::Result<Outcome> = async {
         tracing::info!(document = %plan.document, raw, "session started");
-        let mut driver = open.await.map_err(anyhow::Error::from)?;
         // Raw from here to the end of this block, whatever way it ends.
         let terminal = match raw {
             true => Some(RawTerminal::enable()?),
@@ -224,24 +213,31 @@ pub async fn run_opened(
         // program's exit is), so the driver must never see the input channel close.
         tokio::spawn(route_signals(signals, input_tx, end_tx, raw));
         let local = Local { input, output };
-        let outcome = driver
-            .run_kind(local, &mut ends, |k| *k == SessionKind::Shell)
-            .await
-            .map_err(NotShell)?;
+        let outcome = driver.run(local, None, &mut ends).await;
         tracing::info!(?outcome, "session result");
         // What was received reaches the terminal before it leaves raw mode.
         stdout_done.wait(Duration::from_secs(5));
         drop(terminal);
-        if let Ok(outcome) = &outcome {
-            report::session_end(&outcome.end, session_id);
-        }
         Ok(outcome?)
     }
     .instrument(span)
     .await;
+    finish(&aws, &session_id, result).await
+}
+
+/// The exit status of a session that ended with `result`, after the line for a normal end; a
+/// failed session is terminated on the service.
+async fn finish(
+    aws: &Aws,
+    session_id: &str,
+    result: anyhow::Result<Outcome>,
+) -> anyhow::Result<u8> {
     match result {
-        Ok(outcome) => Ok(exit_status(&outcome, session_id)),
-        Err(e) => Err(super::end_failed_session(&aws, session_id, e).await),
+        Ok(outcome) => {
+            report::session_end(&outcome.end, session_id);
+            Ok(exit_status(&outcome, session_id))
+        }
+        Err(e) => Err(super::end_failed_session(aws, session_id, e).await),
     }
 }
 

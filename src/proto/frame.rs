@@ -24,30 +24,42 @@ pub mod flags {
     pub const ACK: u64 = 0x3;
 }
 
-/// Payload types (u32 at offset 112, §3.6), in wire order.
+/// The PayloadType field (u32 at offset 112, §3.6): what a sequenced message carries. The
+/// known values are in [`ptype`]; others pass through as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PayloadType(pub u32);
+
+/// Payload types, in wire order.
 #[allow(missing_docs)]
 pub mod ptype {
-    pub const NONE: u32 = 0x0;
-    pub const OUTPUT: u32 = 0x1;
-    pub const ERROR: u32 = 0x2;
-    pub const SIZE: u32 = 0x3;
-    pub const PARAMETER: u32 = 0x4;
-    pub const HANDSHAKE_REQUEST: u32 = 0x5;
-    pub const HANDSHAKE_RESPONSE: u32 = 0x6;
-    pub const HANDSHAKE_COMPLETE: u32 = 0x7;
-    pub const ENC_CHALLENGE_REQUEST: u32 = 0x8;
-    pub const ENC_CHALLENGE_RESPONSE: u32 = 0x9;
-    pub const FLAG: u32 = 0xa;
-    pub const STDERR: u32 = 0xb;
-    pub const EXIT_CODE: u32 = 0xc;
+    use super::PayloadType;
+    pub const NONE: PayloadType = PayloadType(0x0);
+    pub const OUTPUT: PayloadType = PayloadType(0x1);
+    pub const ERROR: PayloadType = PayloadType(0x2);
+    pub const SIZE: PayloadType = PayloadType(0x3);
+    pub const PARAMETER: PayloadType = PayloadType(0x4);
+    pub const HANDSHAKE_REQUEST: PayloadType = PayloadType(0x5);
+    pub const HANDSHAKE_RESPONSE: PayloadType = PayloadType(0x6);
+    pub const HANDSHAKE_COMPLETE: PayloadType = PayloadType(0x7);
+    pub const ENC_CHALLENGE_REQUEST: PayloadType = PayloadType(0x8);
+    pub const ENC_CHALLENGE_RESPONSE: PayloadType = PayloadType(0x9);
+    pub const FLAG: PayloadType = PayloadType(0xa);
+    pub const STDERR: PayloadType = PayloadType(0xb);
+    pub const EXIT_CODE: PayloadType = PayloadType(0xc);
 }
 
-/// Values carried by a `ptype::FLAG` payload as a big-endian u32 (§3.6).
+/// The value a [`ptype::FLAG`] payload carries as a big-endian u32 (§3.6); the known values
+/// are in [`flag`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Flag(pub u32);
+
+/// Flag values.
 #[allow(missing_docs)]
 pub mod flag {
-    pub const DISCONNECT_TO_PORT: u32 = 0x1;
-    pub const TERMINATE_SESSION: u32 = 0x2;
-    pub const CONNECT_TO_PORT_ERROR: u32 = 0x3;
+    use super::Flag;
+    pub const DISCONNECT_TO_PORT: Flag = Flag(0x1);
+    pub const TERMINATE_SESSION: Flag = Flag(0x2);
+    pub const CONNECT_TO_PORT_ERROR: Flag = Flag(0x3);
 }
 
 /// The MessageType field, as far as the data channel uses it.
@@ -138,8 +150,8 @@ pub struct Frame {
     pub flags: u64,
     /// Message id (canonical byte order; swapped halves on the wire, §3.2).
     pub message_id: Uuid,
-    /// PayloadType (0 when the header has none).
-    pub payload_type: u32,
+    /// PayloadType ([`ptype::NONE`] when the header has none).
+    pub payload_type: PayloadType,
     /// Payload bytes as carried (ciphertext when KMS is on).
     pub payload: Bytes,
 }
@@ -161,7 +173,7 @@ impl Frame {
         buf.put_slice(&id[8..]);
         buf.put_slice(&id[..8]);
         buf.put_slice(digest(&SHA256, &self.payload).as_ref());
-        buf.put_u32(self.payload_type);
+        buf.put_u32(self.payload_type.0);
         buf.put_u32(self.payload.len() as u32);
         buf.put_slice(&self.payload);
         buf.freeze()
@@ -195,9 +207,9 @@ impl Frame {
             flags: be_u64(b, 56).ok_or_else(truncated)?,
             message_id: Uuid::from_bytes(id),
             payload_type: if hl >= HEADER_LEN {
-                be_u32(b, 112).ok_or_else(truncated)?
+                PayloadType(be_u32(b, 112).ok_or_else(truncated)?)
             } else {
-                0
+                ptype::NONE
             },
             payload: raw.slice(payload_start..),
             message_type,
@@ -222,9 +234,9 @@ impl Frame {
         Ok(frame)
     }
 
-    /// The Flag value of a `ptype::FLAG` payload; short payloads read as 0 (§3.6).
-    pub fn flag_value(&self) -> u32 {
-        be_u32(&self.payload, 0).unwrap_or(0)
+    /// The Flag value of a [`ptype::FLAG`] payload; short payloads read as 0 (§3.6).
+    pub fn flag_value(&self) -> Flag {
+        Flag(be_u32(&self.payload, 0).unwrap_or(0))
     }
 }
 
@@ -266,7 +278,7 @@ mod tests {
             sequence: 9,
             flags: 0,
             message_id: Uuid::nil(),
-            payload_type: 1,
+            payload_type: ptype::OUTPUT,
             payload: Bytes::from_static(b"payload"),
         };
         let mut wire = f.encode().to_vec();

@@ -96,6 +96,12 @@ pub fn evaluate(
     }
 }
 
+/// Agents newer than this multiplex port forwarding with smux (§5.5); older ones forward one
+/// connection at a time.
+const MUX_AGENT_VERSION: &str = "3.0.196.0";
+/// Agents up to this one expect the client's smux keepalive pings (§5.5).
+const KEEPALIVE_AGENT_VERSION: &str = "3.1.1511.0";
+
 fn session_kind(params: &SessionTypeParams, agent_version: &str) -> Option<SessionKind> {
     match params.session_type.as_str() {
         "Standard_Stream" | "InteractiveCommands" | "NonInteractiveCommands" => {
@@ -104,9 +110,11 @@ fn session_kind(params: &SessionTypeParams, agent_version: &str) -> Option<Sessi
         "Port" => {
             let kind = super::json::get(&params.properties, "type").and_then(Value::as_str);
             Some(match kind {
-                Some("LocalPortForwarding") if version_greater(agent_version, "3.0.196.0") => {
+                Some("LocalPortForwarding")
+                    if version_greater(agent_version, MUX_AGENT_VERSION) =>
+                {
                     SessionKind::Mux {
-                        keepalive: !version_greater(agent_version, "3.1.1511.0"),
+                        keepalive: !version_greater(agent_version, KEEPALIVE_AGENT_VERSION),
                     }
                 }
                 Some("LocalPortForwarding") => SessionKind::Basic,

@@ -13,7 +13,8 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
 }
 
 /// [`from_slice`] for text.
-pub fn from_str<T: DeserializeOwned>(text: &str) -> serde_json::Result<T> {
+#[cfg(test)]
+fn from_str<T: DeserializeOwned>(text: &str) -> serde_json::Result<T> {
     from_value(serde_json::from_str(text)?)
 }
 

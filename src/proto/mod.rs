@@ -6,11 +6,11 @@
 //! to `docs/protocol.md`.
 
 pub mod frame;
-pub mod gate;
+pub(crate) mod gate;
 pub mod handshake;
-pub mod inbox;
-pub mod json;
-pub mod outbox;
+pub(crate) mod inbox;
+pub(crate) mod json;
+pub(crate) mod outbox;
 pub mod pacer;
 pub mod payload;
 pub mod rto;
@@ -20,4 +20,5 @@ pub use frame::{Frame, FrameError, MessageType};
 pub use handshake::SessionKind;
 pub use session::{Event, Session, SessionConfig, SessionError};
 pub mod crypto;
+pub mod documents;
 pub mod smux;

@@ -131,11 +131,6 @@ impl Outbox {
         self.unacked_bytes
     }
 
-    /// Number of unacked messages.
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
     /// Whether everything sent has been acknowledged.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
@@ -147,6 +142,7 @@ impl Outbox {
     }
 
     /// The RTT estimator.
+    #[cfg(test)]
     pub fn rtt(&self) -> &RttEstimator {
         &self.rtt
     }

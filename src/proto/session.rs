@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use uuid::Uuid;
 
 use super::crypto::{Cipher, Side};
-use super::frame::{Frame, MessageType, flag, flags, ptype};
+use super::frame::{Flag, Frame, MessageType, PayloadType, flag, flags, ptype};
 use super::gate::{Gate, Take};
 use super::handshake::{self, SessionKind};
 use super::inbox::{Arrival, Inbox};
@@ -108,7 +108,7 @@ pub enum Event {
     /// The remote command's exit status (PayloadType ExitCode).
     ExitCode(i32),
     /// A Flag from the agent (e.g. ConnectToPortError).
-    Flag(u32),
+    Flag(Flag),
     /// The service closed the channel; `output` is empty on a normal end.
     Closed {
         /// Failure text from the service, if any.
@@ -435,7 +435,7 @@ impl Session {
                 self.events.push_back(Event::ExitCode(code.unwrap_or(-1)));
             }
             ptype::FLAG => self.events.push_back(Event::Flag(frame.flag_value())),
-            other => tracing::debug!(ptype = other, "ignored payload type"),
+            other => tracing::debug!(ptype = other.0, "ignored payload type"),
         }
         true
     }
@@ -581,11 +581,11 @@ impl Session {
     }
 
     /// Sends a Flag message (e.g. [`flag::TERMINATE_SESSION`]).
-    pub fn send_flag(&mut self, now: Instant, value: u32) {
+    pub fn send_flag(&mut self, now: Instant, value: Flag) {
         self.send_stream(
             now,
             ptype::FLAG,
-            Bytes::copy_from_slice(&value.to_be_bytes()),
+            Bytes::copy_from_slice(&value.0.to_be_bytes()),
         );
     }
 
@@ -780,7 +780,7 @@ impl Session {
         self.outbox.rto()
     }
 
-    fn send_stream(&mut self, now: Instant, payload_type: u32, payload: Bytes) {
+    fn send_stream(&mut self, now: Instant, payload_type: PayloadType, payload: Bytes) {
         // §6: of the client's messages only Output is encrypted.
         let payload = match (&mut self.cipher, payload_type) {
             (Some(cipher), ptype::OUTPUT) => cipher.seal(&payload),

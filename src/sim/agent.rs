@@ -18,7 +18,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::proto::crypto::{Cipher, Side};
-use crate::proto::frame::{Frame, MessageType, flag, flags, ptype};
+use crate::proto::frame::{Flag, Frame, MessageType, PayloadType, flag, flags, ptype};
 use crate::proto::payload::{Acknowledge, HandshakeResponse, Size, status};
 
 /// The agent's resend scheduler wakes this often and resends at most the oldest unacked
@@ -70,7 +70,7 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            version: "3.3.1957.0".into(),
+            version: super::AGENT_VERSION.into(),
             properties: json!({"portNumber": "22"}),
             chunk: 1024,
             fast: false,
@@ -464,7 +464,7 @@ impl Agent {
         true
     }
 
-    fn on_flag(&mut self, value: u32) {
+    fn on_flag(&mut self, value: Flag) {
         match value {
             flag::TERMINATE_SESSION => {
                 self.events.push_back(AgentEvent::CloseTarget);
@@ -531,11 +531,11 @@ impl Agent {
     }
 
     /// Sends a Flag to the client (ConnectToPortError when a mux stream cannot be dialed).
-    pub fn send_flag(&mut self, now: Instant, value: u32) {
+    pub fn send_flag(&mut self, now: Instant, value: Flag) {
         self.send(
             now,
             ptype::FLAG,
-            Bytes::copy_from_slice(&value.to_be_bytes()),
+            Bytes::copy_from_slice(&value.0.to_be_bytes()),
         );
     }
 
@@ -619,7 +619,7 @@ impl Agent {
     /// Shell output: at most `chunk` bytes per message, cut on UTF-8 boundaries, with an
     /// incomplete sequence at the end held back for the next read (§12.3). Bytes that are not
     /// UTF-8 still go out, cut at `chunk`.
-    fn send_text(&mut self, now: Instant, payload_type: u32, data: &[u8]) {
+    fn send_text(&mut self, now: Instant, payload_type: PayloadType, data: &[u8]) {
         let i = usize::from(payload_type == ptype::STDERR);
         let mut buf = std::mem::take(&mut self.text_tail[i]);
         buf.extend_from_slice(data);
@@ -861,7 +861,7 @@ impl Agent {
         self.events.push_back(AgentEvent::Dial);
     }
 
-    fn send(&mut self, now: Instant, payload_type: u32, payload: Bytes) {
+    fn send(&mut self, now: Instant, payload_type: PayloadType, payload: Bytes) {
         // §6: the agent encrypts Output, StdErr and ExitCode once the key is set up.
         let payload = match (&mut self.cipher, payload_type) {
             (Some(c), ptype::OUTPUT | ptype::STDERR | ptype::EXIT_CODE) => c.seal(&payload),
@@ -926,7 +926,7 @@ impl Agent {
         now: Instant,
         kind: MessageType,
         seq: i64,
-        pt: u32,
+        pt: PayloadType,
         payload: Bytes,
     ) -> Bytes {
         let flags = match (&kind, seq) {

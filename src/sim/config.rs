@@ -94,7 +94,7 @@ impl Default for SimConfig {
             fast_agent: false,
             max_msg_rate: None,
             odd_headers: false,
-            agent_version: "3.3.1957.0".into(),
+            agent_version: AGENT_VERSION.into(),
             seed: 1,
             fleet: fleet::default_fleet(),
             eic_validity: fleet::EIC_VALIDITY,
@@ -117,6 +117,10 @@ impl Default for SimConfig {
         }
     }
 }
+
+/// The AgentVersion the simulated agent announces unless told otherwise: a recent
+/// amazon-ssm-agent release (smux port forwarding without keepalive pings).
+pub const AGENT_VERSION: &str = "3.3.1957.0";
 
 /// The access key the simulator prints for its clients.
 pub const ACCESS_KEY: &str = "AKIASIMULATOR000000";

@@ -41,7 +41,7 @@ impl SimInstance {
             name: name.to_owned(),
             tags: vec![("Name".to_owned(), name.to_owned())],
             online: true,
-            agent_version: "3.3.1957.0".to_owned(),
+            agent_version: super::AGENT_VERSION.to_owned(),
             platform: "Linux".to_owned(),
         }
     }

@@ -6,7 +6,7 @@ use aws_lc_rs::digest::{SHA256, digest};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::json;
 
-use crate::proto::frame::{Frame, MessageType};
+use crate::proto::frame::{Frame, MessageType, ptype};
 
 /// The same frame with a HeaderLength of 124 (8 bytes of padding before PayloadLength): the
 /// official parsers take the payload from HL + 4, so clients must too (§16.3).
@@ -32,7 +32,7 @@ pub fn publication(kind: MessageType) -> Bytes {
         sequence: 0,
         flags: 0,
         message_id: uuid::Uuid::new_v4(),
-        payload_type: 0,
+        payload_type: ptype::NONE,
         payload: Bytes::new(),
     }
     .encode()

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-pub use config::{ACCESS_KEY, SECRET_KEY, SimConfig};
+pub use config::{ACCESS_KEY, AGENT_VERSION, SECRET_KEY, SimConfig};
 pub use ecs::SimTask;
 pub use faults::{DropPlan, FaultPlan, PausePlan};
 pub use fleet::SimInstance;

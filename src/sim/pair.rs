@@ -802,7 +802,7 @@ mod scenarios {
     use std::rc::Rc;
 
     use super::*;
-    use crate::proto::frame::ptype;
+    use crate::proto::frame::{PayloadType, ptype};
     use crate::proto::{Frame, MessageType, SessionError};
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -811,7 +811,7 @@ mod scenarios {
         Frame::decode(raw).ok()
     }
 
-    fn carries(raw: &Bytes, payload_type: u32) -> bool {
+    fn carries(raw: &Bytes, payload_type: PayloadType) -> bool {
         decoded(raw).is_some_and(|f| {
             f.payload_type == payload_type
                 && matches!(

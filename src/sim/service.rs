@@ -15,6 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::agent::Plugin;
 use super::config::SimConfig;
 use super::error::ApiError;
+use crate::proto::documents;
 
 /// The client's data-channel websocket.
 pub type Ws = WebSocketStream<TcpStream>;
@@ -235,7 +236,7 @@ impl Service {
         let document = input
             .get("DocumentName")
             .and_then(Value::as_str)
-            .unwrap_or("SSM-SessionManagerRunShell");
+            .unwrap_or(documents::SHELL);
         // The real API's constraint on Reason: 1 to 256 characters (`^.{1,256}$`).
         let reason = input.get("Reason").and_then(Value::as_str);
         if reason.is_some_and(|r| r.is_empty() || r.chars().count() > 256 || r.contains('\n')) {
@@ -256,9 +257,9 @@ impl Service {
             return Ok(self.spawn(target, plugin, properties, "sim", reason));
         }
         let plugin = match document {
-            "SSM-SessionManagerRunShell" => Plugin::Shell,
-            "AWS-StartInteractiveCommand" => Plugin::InteractiveCommands,
-            "AWS-StartNonInteractiveCommand" => Plugin::NonInteractiveCommands,
+            documents::SHELL => Plugin::Shell,
+            documents::INTERACTIVE_COMMAND => Plugin::InteractiveCommands,
+            documents::NON_INTERACTIVE_COMMAND => Plugin::NonInteractiveCommands,
             _ => Plugin::Port,
         };
         if !matches!(plugin, Plugin::Port) && !self.runs_commands(target) {
@@ -349,7 +350,7 @@ impl Service {
     pub fn execute_command(self: &Arc<Self>, input: &Value) -> Result<Value, ApiError> {
         let ecs = super::ecs::execute_command(&self.config.ecs_tasks, &self.config.denied, input)?;
         if !self.runs_commands(&ecs.target) {
-            return Err(commands_denied(&ecs.target, "AWS-StartInteractiveCommand"));
+            return Err(commands_denied(&ecs.target, documents::INTERACTIVE_COMMAND));
         }
         let properties = json!({"command": ecs.command});
         let grant = self.spawn(
@@ -524,8 +525,8 @@ fn builtin_properties(document: &str, params: &Value) -> Result<Value, ApiError>
     };
     Ok(match document {
         // The shell: what it runs comes from the sim's configuration (§12.3).
-        "SSM-SessionManagerRunShell" => json!({}),
-        "AWS-StartInteractiveCommand" | "AWS-StartNonInteractiveCommand" => {
+        documents::SHELL => json!({}),
+        documents::INTERACTIVE_COMMAND | documents::NON_INTERACTIVE_COMMAND => {
             let command = param("command").filter(|c| !c.trim().is_empty());
             let command = command.ok_or_else(|| {
                 ApiError::client(
@@ -540,13 +541,13 @@ fn builtin_properties(document: &str, params: &Value) -> Result<Value, ApiError>
                 None => json!({"command": command}),
             }
         }
-        "AWS-StartSSHSession" => json!({"portNumber": port_param(param("portNumber"), "22")?}),
-        "AWS-StartPortForwardingSession" => json!({
+        documents::SSH => json!({"portNumber": port_param(param("portNumber"), "22")?}),
+        documents::PORT_FORWARDING => json!({
             "portNumber": port_param(param("portNumber"), "80")?,
             "type": "LocalPortForwarding",
             "localPortNumber": param("localPortNumber").unwrap_or_else(|| "0".into()),
         }),
-        "AWS-StartPortForwardingSessionToRemoteHost" => json!({
+        documents::PORT_FORWARDING_TO_REMOTE_HOST => json!({
             "portNumber": port_param(param("portNumber"), "80")?,
             "type": "LocalPortForwarding",
             "localPortNumber": param("localPortNumber").unwrap_or_else(|| "0".into()),

@@ -80,7 +80,7 @@ pub enum Input {
     /// Stream bytes (PayloadType Output).
     Data(Bytes),
     /// A Flag message (e.g. DisconnectToPort when a basic-mode connection closes).
-    Flag(u32),
+    Flag(crate::proto::frame::Flag),
     /// A terminal size (shell sessions).
     Resize(Size),
     /// A local connection can take output now (port forwarding; before it, output is left
@@ -432,11 +432,11 @@ impl<S: Service> Driver<S> {
                 Event::Notice(text) => tracing::info!("{text}"),
                 Event::Stderr(bytes) => eprint!("{}", String::from_utf8_lossy(&bytes)),
                 Event::ExitCode(code) => self.exit_code = Some(code),
-                Event::Flag(3) => tracing::warn!(
+                Event::Flag(crate::proto::frame::flag::CONNECT_TO_PORT_ERROR) => tracing::warn!(
                     "the agent could not connect to the destination {}: check that a service listens there and that the target can reach it",
                     self.config.destination
                 ),
-                Event::Flag(f) => tracing::debug!(flag = f, "flag from agent"),
+                Event::Flag(f) => tracing::debug!(flag = f.0, "flag from agent"),
                 Event::Closed { output: reason } => {
                     // Everything acked before the close is owed to the local reader.
                     self.deliver_remaining(output).await;

@@ -29,6 +29,7 @@ pub use mux::BACKLOG;
 use crate::aws::Aws;
 use crate::cli::{AwsArgs, ForwardArgs};
 use crate::front::report::{self, Failure};
+use crate::front::session::{self, Opening};
 use crate::front::settings::{Mode, SessionSettings};
 use crate::front::target::{self, TargetSpec};
 use crate::os;
@@ -44,12 +45,13 @@ pub async fn run(args: ForwardArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
     let spec = TargetSpec::parse(&args.target)?;
     let (aws, profile) = super::connect(&aws_args).await?;
     let target = target::resolve(&aws, &spec, profile.as_deref(), !aws_args.no_cache).await?;
+    let settings = SessionSettings::from_resume(&args.resume);
     let mut forwards = Vec::new();
     let mut sockets = Vec::new();
     let socks = Arc::new(socks::Socks {
         aws: aws.clone(),
         target: target.clone(),
-        resume_timeout: args.resume.resume_timeout,
+        settings: settings.clone(),
     });
     for (bind, port) in &args.dynamic {
         let listener = listen_on(bind, *port).await?;
@@ -66,7 +68,7 @@ pub async fn run(args: ForwardArgs, aws_args: AwsArgs) -> anyhow::Result<u8> {
             document: document.to_owned(),
             parameters,
             destination: format!("{}:{}", spec.host_label(), spec.remote_port),
-            resume_timeout: args.resume.resume_timeout,
+            settings: settings.clone(),
         };
         forwards.push(Job::Forward(Box::new(forward), listener));
     }
@@ -226,8 +228,8 @@ pub struct Forward {
     pub parameters: HashMap<String, Vec<String>>,
     /// `HOST:PORT` as seen from the target, for messages.
     pub destination: String,
-    /// Seconds to keep trying to resume a lost connection.
-    pub resume_timeout: u64,
+    /// The session's settings.
+    pub settings: SessionSettings,
 }
 
 impl Forward {
@@ -250,16 +252,33 @@ impl Forward {
         };
         let span = tracing::info_span!("session", id = %grant.session_id);
         let session_id = grant.session_id.clone();
-        let settings = SessionSettings::resuming(self.resume_timeout);
-        let config = settings.driver_config(Mode::Forward, &self.target, &self.destination);
-        let connect = Driver::connect(self.aws.clone(), grant, config);
-        let driver = match connect.instrument(span.clone()).await {
-            Ok(driver) => driver,
-            // Nothing is left running on the service (the session did start).
-            Err(e) => return Err(super::end_failed_session(&self.aws, &session_id, e.into()).await),
+        let open = session::open(
+            &self.aws,
+            grant,
+            &self.target,
+            &self.settings,
+            Mode::Forward,
+            &mut stop,
+        );
+        let failed = match open.instrument(span.clone()).await {
+            Ok(Opening::Opened(o))
+                if matches!(o.kind, SessionKind::Mux { .. } | SessionKind::Basic) =>
+            {
+                let mut driver = o.driver;
+                driver.config_mut().destination = self.destination.clone();
+                return self
+                    .serve_driver(label, conns, driver, stop, idle, span)
+                    .await;
+            }
+            Ok(Opening::Opened(o)) => NotForward(o.kind).into(),
+            Ok(Opening::Ended(outcome)) => {
+                report::session_end(&outcome.end, &session_id);
+                return Ok(outcome.end);
+            }
+            Err(e) => e.into(),
         };
-        self.serve_driver(label, conns, driver, stop, idle, span)
-            .await
+        // Nothing is left running on the service (the session did start).
+        Err(super::end_failed_session(&self.aws, &session_id, failed).await)
     }
 
     /// Runs an open session to its end, its engine serving `conns` once it is ready.
@@ -323,6 +342,15 @@ impl Forward {
         }
     }
 }
+
+/// The document started something other than port forwarding.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the document started a {} session, not port forwarding: use \
+     AWS-StartPortForwardingSession or AWS-StartPortForwardingSessionToRemoteHost here",
+    match .0 { SessionKind::Shell => "shell", _ => "byte-stream" }
+)]
+struct NotForward(SessionKind);
 
 /// The one line scripts wait for; printed whatever the verbosity, once the session is ready.
 fn announce(label: Option<&str>, forward: &Forward) {

@@ -19,6 +19,7 @@ use super::{Conn, Forward};
 use crate::aws::Aws;
 use crate::cli::ForwardSpec;
 use crate::front::report::Failure;
+use crate::front::settings::SessionSettings;
 use crate::os;
 use crate::transport::End;
 
@@ -35,8 +36,8 @@ pub struct Socks {
     pub aws: Aws,
     /// The resolved target id.
     pub target: String,
-    /// Seconds to keep trying to resume a lost connection.
-    pub resume_timeout: u64,
+    /// The sessions' settings.
+    pub settings: SessionSettings,
 }
 
 /// Where a CONNECT goes, as the target sees it.
@@ -138,7 +139,7 @@ fn forward_to(socks: &Socks, dest: &Destination) -> Forward {
         document: document.to_owned(),
         parameters,
         destination: dest.to_string(),
-        resume_timeout: socks.resume_timeout,
+        settings: socks.settings.clone(),
     }
 }
 

@@ -14,8 +14,8 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::*;
 use crate::aws::DataKey;
-use crate::proto::frame::{Frame, MessageType};
 use crate::sim::agent::{Agent, AgentConfig, AgentEvent};
+use crate::sim::frames::channel_closed;
 use crate::transport::service::Channel;
 
 /// What the fake service answers to ResumeSession.
@@ -156,7 +156,9 @@ async fn peer(
                     target.lock().unwrap().extend_from_slice(&b);
                     agent.handle_target_written(b.len());
                 }
-                AgentEvent::Finished(output) => agent_transmit(&link, muted, closed(&output)),
+                AgentEvent::Finished(output) => {
+                    agent_transmit(&link, muted, channel_closed("i-1", "s-1", &output))
+                }
                 _ => {}
             }
         }
@@ -215,25 +217,6 @@ fn agent_send(link: &Option<Link>, msg: Message) {
     if let Some(link) = link {
         let _ = link.to_client.send(Ok(msg));
     }
-}
-
-/// The service's channel_closed with this Output (§9.1).
-fn closed(output: &str) -> Bytes {
-    let payload = format!(
-        r#"{{"MessageType":"channel_closed","MessageId":"{id}","CreatedDate":"2026-01-01T00:00:00.000Z","DestinationId":"i-1","SessionId":"s-1","SchemaVersion":1,"Output":"{output}"}}"#,
-        id = uuid::Uuid::nil()
-    );
-    Frame {
-        message_type: MessageType::ChannelClosed,
-        schema_version: 1,
-        created_date: 1_700_000_000_000,
-        sequence: 0,
-        flags: 0,
-        message_id: uuid::Uuid::new_v4(),
-        payload_type: 0,
-        payload: Bytes::from(payload),
-    }
-    .encode()
 }
 
 /// Virtual time stands still while a task spins, so no `timeout` bounds a hot loop: a test
