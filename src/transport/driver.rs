@@ -253,6 +253,18 @@ const FLAP_DELAY: (Duration, Duration) = (Duration::from_millis(100), Duration::
 /// First and largest wait between failed ResumeSession attempts.
 const RESUME_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
+// The summary is logged when the driver goes, however the session ended: a front end may stop
+// running it (its stdout reader gone) and end the session itself.
+impl<S: Service> Drop for Driver<S> {
+    fn drop(&mut self) {
+        tracing::info!(
+            resumes = self.resumes,
+            retransmissions = self.session.retransmissions(),
+            "session over"
+        );
+    }
+}
+
 impl<S: Service> Driver<S> {
     /// Opens the data channel for a freshly started session (retrying the same token briefly,
     /// as the official client does, §10 step 1).
@@ -345,13 +357,7 @@ impl<S: Service> Driver<S> {
         {
             let _ = tx.send(kind);
         }
-        let result = self.run_inner(local, ready, signals).await;
-        tracing::info!(
-            resumes = self.resumes,
-            retransmissions = self.session.retransmissions(),
-            "session over"
-        );
-        result
+        self.run_inner(local, ready, signals).await
     }
 
     /// [`run`](Self::run), but only for a session whose kind (known after the handshake)
