@@ -13,6 +13,30 @@ fn main() {
     if let Some(invocation) = front::plugin::detect(&argv) {
         std::process::exit(plugin_main(invocation));
     }
+    let cli = match checked_cli(argv) {
+        Ok(cli) => cli,
+        Err(status) => std::process::exit(status),
+    };
+    logging::init(&cli.log);
+    #[cfg(feature = "sim")]
+    let multi_thread = matches!(cli.command, Some(Command::Sim(_)));
+    #[cfg(not(feature = "sim"))]
+    let multi_thread = false;
+    let runtime = match runtime(multi_thread) {
+        Ok(rt) => rt,
+        Err(e) => std::process::exit(i32::from(fail(&anyhow::anyhow!(
+            "cannot start the async runtime: {e}"
+        )))),
+    };
+    let result = runtime.block_on(run_command(cli));
+    let code = result.unwrap_or_else(|e| fail(&e));
+    // Blocked stdin/stdout threads must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(10));
+    std::process::exit(i32::from(code))
+}
+
+/// The parsed command line, or the exit status of its one-line usage error.
+fn checked_cli(argv: Vec<std::ffi::OsString>) -> Result<Cli, i32> {
     #[cfg(not(feature = "sim"))]
     if argv.get(1).is_some_and(|a| a == "sim")
         && argv
@@ -23,81 +47,67 @@ fn main() {
             "this ssm-proxy was built without the simulator (--no-default-features): \
              build it with the default features to run ssm-proxy sim",
         );
-        std::process::exit(i32::from(failure.report()));
+        return Err(i32::from(failure.report()));
     }
-    let cli = match parse(argv) {
-        Ok(cli) => cli,
-        Err(e) => std::process::exit(usage_error(e)),
-    };
+    let cli = parse(argv).map_err(usage_error)?;
     if let (Some(target), Some(command)) = (&cli.target, &cli.command) {
         let name = command_name(command);
         let failure = Failure::usage(format!(
             "TARGET {target:?} given before the {name} subcommand: write \
              ssm-proxy {name} … (its TARGET comes after it); see ssm-proxy {name} --help"
         ));
-        std::process::exit(i32::from(failure.report()));
+        return Err(i32::from(failure.report()));
     }
-    logging::init(&cli.log);
-    #[cfg(feature = "sim")]
-    let multi_thread = matches!(cli.command, Some(Command::Sim(_)));
-    #[cfg(not(feature = "sim"))]
-    let multi_thread = false;
-    let runtime = if multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    } else {
-        // One session needs one thread; stdin and stdout have their own.
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
-    let runtime = match runtime {
-        Ok(rt) => rt,
-        Err(e) => std::process::exit(i32::from(fail(&anyhow::anyhow!(
-            "cannot start the async runtime: {e}"
-        )))),
-    };
-    let result = runtime.block_on(async move {
-        // AWS options given before the subcommand count for it; --reason goes to StartSession.
-        let outer = cli.aws.clone();
-        match cli.command {
-            #[cfg(feature = "sim")]
-            Some(Command::Sim(args)) => front::sim::run(*args).await,
-            Some(Command::Forward(args)) => {
-                let aws = AwsArgs {
-                    reason: args.resume.reason.clone(),
-                    ..args.aws.clone().or(&outer)
-                };
-                front::forward::run(args, aws).await
-            }
-            Some(Command::SshConfig(args)) => {
-                front::ssh_config::run(&args, &args.aws.clone().or(&outer))
-            }
-            Some(Command::Doctor(args)) => {
-                let aws = args.aws.clone().or(&outer);
-                front::doctor::run(args, aws).await
-            }
-            Some(Command::Completions(args)) => front::manual::completions(args.shell),
-            Some(Command::Man) => front::manual::man(),
-            Some(Command::Shell(args)) => {
-                let aws = AwsArgs {
-                    reason: args.resume.reason.clone(),
-                    ..args.aws.clone().or(&outer)
-                };
-                front::shell::run(args, aws).await
-            }
-            None => {
-                let mut cli = cli;
-                cli.aws.reason = cli.resume.reason.clone();
-                front::proxy::run(cli).await
-            }
+    Ok(cli)
+}
+
+/// The async runtime: one thread for a session (stdin and stdout have their own), all cores
+/// for the simulator.
+fn runtime(multi_thread: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    match multi_thread {
+        true => tokio::runtime::Builder::new_multi_thread(),
+        false => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build()
+}
+
+/// Runs the mode the command line chose.
+async fn run_command(cli: Cli) -> anyhow::Result<u8> {
+    // AWS options given before the subcommand count for it; --reason goes to StartSession.
+    let outer = cli.aws.clone();
+    match cli.command {
+        #[cfg(feature = "sim")]
+        Some(Command::Sim(args)) => front::sim::run(*args).await,
+        Some(Command::Forward(args)) => {
+            let aws = AwsArgs {
+                reason: args.resume.reason.clone(),
+                ..args.aws.clone().or(&outer)
+            };
+            front::forward::run(args, aws).await
         }
-    });
-    let code = result.unwrap_or_else(|e| fail(&e));
-    // Blocked stdin/stdout threads must not keep the process alive.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(10));
-    std::process::exit(i32::from(code))
+        Some(Command::SshConfig(args)) => {
+            front::ssh_config::run(&args, &args.aws.clone().or(&outer))
+        }
+        Some(Command::Doctor(args)) => {
+            let aws = args.aws.clone().or(&outer);
+            front::doctor::run(args, aws).await
+        }
+        Some(Command::Completions(args)) => front::manual::completions(args.shell),
+        Some(Command::Man) => front::manual::man(),
+        Some(Command::Shell(args)) => {
+            let aws = AwsArgs {
+                reason: args.resume.reason.clone(),
+                ..args.aws.clone().or(&outer)
+            };
+            front::shell::run(args, aws).await
+        }
+        None => {
+            let mut cli = cli;
+            cli.aws.reason = cli.resume.reason.clone();
+            front::proxy::run(cli).await
+        }
+    }
 }
 
 /// The session-manager-plugin entry; returns the exit status.
@@ -138,10 +148,7 @@ fn plugin_main(invocation: front::plugin::Invocation) -> i32 {
         quiet: false,
         log_file: std::env::var_os("SSM_PROXY_LOG_FILE").map(Into::into),
     });
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(false) {
         Ok(rt) => rt,
         Err(e) => {
             return i32::from(fail(&anyhow::anyhow!(
