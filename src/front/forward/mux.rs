@@ -85,24 +85,10 @@ pub async fn engine(
                     mux.finish(id);
                 }
             },
-            data = output.recv() => {
-                let Some(data) = data else { return };
-                if let Err(e) = mux.handle_bytes(&data) {
-                    tracing::error!(error = %e, "the agent's smux stream is broken");
-                    return;
-                }
-                while let Some(ev) = mux.poll_event() {
-                    match ev {
-                        MuxEvent::Data(id, b) => deliver(&mut streams, id, b).await,
-                        // The agent is done with this stream (destination closed or refused):
-                        // the local connection closes once its backlog is written.
-                        MuxEvent::Fin(id) => {
-                            streams.remove(&id);
-                        }
-                        MuxEvent::Opened(_) => {}
-                    }
-                }
-            }
+            data = output.recv() => match data {
+                Some(data) if on_output(&mut mux, &mut streams, &data).await => {}
+                _ => return,
+            },
             _ = ticker.tick(), if keepalive => mux.keepalive(),
             _ = sleep_until(idle_at), if accepting && streams.is_empty() && idle_at.is_some() => {
                 // No new connection may slip in after this: the sender sees it closed.
@@ -115,6 +101,27 @@ pub async fn engine(
             }
         }
     }
+}
+
+/// Hands the session's output to the connections it is for; false when the agent's smux
+/// stream is broken.
+async fn on_output(mux: &mut Mux, streams: &mut HashMap<u32, Stream>, data: &Bytes) -> bool {
+    if let Err(e) = mux.handle_bytes(data) {
+        tracing::error!(error = %e, "the agent's smux stream is broken");
+        return false;
+    }
+    while let Some(ev) = mux.poll_event() {
+        match ev {
+            MuxEvent::Data(id, b) => deliver(streams, id, b).await,
+            // The agent is done with this stream (destination closed or refused): the local
+            // connection closes once its backlog is written.
+            MuxEvent::Fin(id) => {
+                streams.remove(&id);
+            }
+            MuxEvent::Opened(_) => {}
+        }
+    }
+    true
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
