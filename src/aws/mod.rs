@@ -145,54 +145,8 @@ impl Aws {
         if let Some(name) = &named {
             check_profile_exists(name)?;
         }
-        let region = match &opts.region {
-            Some(r) => Some(Region::new(r.clone())),
-            None => {
-                let mut profile = ProfileFileRegionProvider::builder();
-                if let Some(p) = &opts.profile {
-                    profile = profile.profile_name(p);
-                }
-                RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
-                    .or_else(profile.build())
-                    .region()
-                    .await
-            }
-        };
-        let region = region.ok_or(AwsError::NoRegion)?;
-        // The metadata service is the chain's last resort; off EC2 it must not cost seconds.
-        let imds = aws_config::imds::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .read_timeout(Duration::from_millis(500))
-            .max_attempts(1)
-            .build();
-        let http = http::client(&opts.net)?;
-        let mut chain = DefaultCredentialsChain::builder()
-            .configure(ProviderConfig::default().with_http_client(http.clone()))
-            .region(region.clone())
-            .imds_client(imds);
-        if let Some(p) = &opts.profile {
-            chain = chain.profile_name(p);
-        }
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .region(region.clone())
-            .credentials_provider(chain.build().await)
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(3)
-                    .with_initial_backoff(Duration::from_millis(100)),
-            )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(10))
-                    .operation_timeout(Duration::from_secs(20))
-                    .build(),
-            );
-        if let Some(p) = &opts.profile {
-            loader = loader.profile_name(p);
-        }
-        let sdk = loader.load().await;
+        let region = region(opts).await?;
+        let sdk = sdk_config(opts, &region).await?;
         let mut conf = aws_sdk_ssm::config::Builder::from(&sdk)
             .retry_config(ssm_retry())
             .retry_partition(retry_budget("ssm-proxy-ssm"))
@@ -411,6 +365,64 @@ fn grant(id: Option<String>, token: Option<String>, url: Option<String>) -> Opti
         }
         _ => None,
     }
+}
+
+/// The region: the flag, else the environment, else the profile; never the metadata service,
+/// so a user who gave one waits for nothing.
+async fn region(opts: &AwsOptions) -> Result<Region, AwsError> {
+    let region = match &opts.region {
+        Some(r) => Some(Region::new(r.clone())),
+        None => {
+            let mut profile = ProfileFileRegionProvider::builder();
+            if let Some(p) = &opts.profile {
+                profile = profile.profile_name(p);
+            }
+            RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                .or_else(profile.build())
+                .region()
+                .await
+        }
+    };
+    region.ok_or(AwsError::NoRegion)
+}
+
+/// The SDK's shared configuration: our HTTP client (proxies, trust roots), the credential
+/// chain with a metadata service that gives up fast, and our retry and timeout limits.
+async fn sdk_config(opts: &AwsOptions, region: &Region) -> Result<aws_config::SdkConfig, AwsError> {
+    // The metadata service is the chain's last resort; off EC2 it must not cost seconds.
+    let imds = aws_config::imds::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .read_timeout(Duration::from_millis(500))
+        .max_attempts(1)
+        .build();
+    let http = http::client(&opts.net)?;
+    let mut chain = DefaultCredentialsChain::builder()
+        .configure(ProviderConfig::default().with_http_client(http.clone()))
+        .region(region.clone())
+        .imds_client(imds);
+    if let Some(p) = &opts.profile {
+        chain = chain.profile_name(p);
+    }
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(region.clone())
+        .credentials_provider(chain.build().await)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(100)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .operation_timeout(Duration::from_secs(20))
+                .build(),
+        );
+    if let Some(p) = &opts.profile {
+        loader = loader.profile_name(p);
+    }
+    Ok(loader.load().await)
 }
 
 #[cfg(test)]
