@@ -103,6 +103,7 @@ pub fn man_page() -> std::io::Result<String> {
     page.push_str(".SH EXAMPLES\n");
     page.push_str(&verbatim(examples.trim_start_matches("Examples:\n")));
     page.push_str(ENVIRONMENT);
+    page.push_str(&flag_variables(&cmd));
     page.push_str(".SH \"EXIT STATUS\"\n");
     page.push_str(EXIT_STATUSES);
     page.push_str(&format!(".SH VERSION\nv{}\n", env!("CARGO_PKG_VERSION")));
@@ -127,15 +128,27 @@ Data\-channel endpoint (\-\-ssmmessages\-endpoint wins).
 \fBHTTPS_PROXY\fR, \fBHTTP_PROXY\fR, \fBNO_PROXY\fR, \fBAWS_CA_BUNDLE\fR
 Proxy and extra trusted certificates, for the API and the data channel.
 .TP
-\fBSSM_PROXY_RESUME_TIMEOUT\fR
-Default of \-\-resume\-timeout (seconds).
-.TP
-\fBSSM_PROXY_LOG_FILE\fR
-Also append diagnostics to this file (\-\-log\-file).
-.TP
 \fBSSM_PROXY_LOG\fR
 Log filter in tracing's EnvFilter syntax, e.g. ssm_proxy=debug (overrides \-v and \-q).
 "#;
+
+/// The variables that stand in for flags, from the flags' own `env` (so a new setting's variable
+/// is listed without touching this file): name, the flag it is the default of, and its help.
+fn flag_variables(cmd: &clap::Command) -> String {
+    let mut seen = std::collections::BTreeMap::new();
+    let commands = std::iter::once(cmd).chain(cmd.get_subcommands());
+    for arg in commands.flat_map(|c| c.get_arguments()) {
+        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        seen.entry(var.to_string_lossy().into_owned())
+            .or_insert_with(|| format!("Default of --{long}. {help}"));
+    }
+    seen.iter()
+        .map(|(var, text)| format!(".TP\n\\fB{}\\fR\n{}\n", escape(var), escape(text)))
+        .collect()
+}
 
 /// One line per exit status (roff).
 const EXIT_STATUSES: &str = r#".TP
@@ -186,5 +199,25 @@ pub(crate) fn quiet_on_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<u8>
     match r {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_man_page_lists_every_flag_variable_once() {
+        let page = super::man_page().expect("man page");
+        let env = page.split(".SH ENVIRONMENT").nth(1).expect("ENVIRONMENT");
+        for var in [
+            "SSM_PROXY_RESUME_TIMEOUT",
+            "SSM_PROXY_DEAD_AFTER",
+            "SSM_PROXY_EOF_WAIT",
+            "SSM_PROXY_MAX_RATE",
+            "SSM_PROXY_LOG_FILE",
+            "SSM_PROXY_LOG",
+        ] {
+            let entry = format!("\\fB{var}\\fR\n");
+            assert_eq!(env.matches(&entry).count(), 1, "{var} in:\n{env}");
+        }
     }
 }
