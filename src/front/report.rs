@@ -85,6 +85,12 @@ pub fn session_end(end: &End, session_id: &str) {
 pub fn notify(notice: &Notice) {
     match notice {
         Notice::Encrypted => eprintln!("This session is encrypted using AWS KMS."),
+        // As it came: the remote program's own bytes.
+        Notice::Stderr(bytes) => {
+            use std::io::Write;
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(bytes).and_then(|()| err.flush());
+        }
     }
 }
 

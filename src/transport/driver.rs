@@ -56,6 +56,9 @@ pub struct DriverConfig {
 pub enum Notice {
     /// The handshake completed with KMS encryption on (§6).
     Encrypted,
+    /// The remote command's stderr (PayloadType StdErr: command sessions with separate
+    /// output streams, §3).
+    Stderr(Bytes),
 }
 
 impl Default for DriverConfig {
@@ -436,7 +439,7 @@ impl<S: Service> Driver<S> {
                     }
                 }
                 Event::Notice(text) => tracing::info!("{text}"),
-                Event::Stderr(bytes) => eprint!("{}", String::from_utf8_lossy(&bytes)),
+                Event::Stderr(bytes) => (self.config.notify)(&Notice::Stderr(bytes)),
                 Event::ExitCode(code) => self.exit_code = Some(code),
                 Event::Flag(crate::proto::frame::flag::CONNECT_TO_PORT_ERROR) => tracing::warn!(
                     "the agent could not connect to the destination {}: check that a service listens there and that the target can reach it",
