@@ -154,13 +154,14 @@ fn proxy_of(ssh: u32) -> Option<u32> {
 }
 
 /// Twenty proxies told to stop at once (SIGTERM: they end their sessions with TerminateSession,
-/// where ssh hanging up would let the agent end them) against an API allowing 5 calls a second:
-/// the throttled calls are retried after the proxy let go of ssh's pipes, and every session ends.
+/// where ssh hanging up would let the agent end them) against an API allowing bursts of 10 and
+/// 1 call a second after them: at least 8 calls cannot go through in a proxy's first 2 s, so
+/// they are retried after the proxy let go of ssh's pipes, and every session ends.
 #[test]
 fn terminations_throttled_at_the_end_are_retried_without_holding_ssh() {
     const N: usize = 20;
     let fx = fixture(SimConfig {
-        api_limit: Some(ApiLimit::new(5.0, 10)),
+        api_limit: Some(ApiLimit::new(1.0, 10)),
         ..SimConfig::default()
     });
     let logs = TempDir::new("fleet-log");
@@ -195,9 +196,12 @@ fn terminations_throttled_at_the_end_are_retried_without_holding_ssh() {
         .iter()
         .map(|(child, _)| proxy_of(child.0.id()).expect("ssh's ProxyCommand"))
         .collect();
-    for pid in proxies {
-        crate::support::kill_pid(pid, "TERM");
-    }
+    // In one kill(1), so that the calls arrive together (no refill between them).
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .args(proxies.iter().map(u32::to_string))
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -TERM {proxies:?}");
     let released = Instant::now();
     for (child, drained) in &mut runs {
         assert!(wait_bounded(&mut child.0, 10).is_some(), "ssh did not exit");
