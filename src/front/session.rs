@@ -68,7 +68,8 @@ pub async fn open(
         Ok(Ok(outcome)) => return Ok(Opening::Ended(outcome)),
         Ok(Err(e)) => return Err(e),
     };
-    let session_type = driver.session_type().cloned().unwrap_or_default();
+    let opened = Opened { driver, kind };
+    let session_type = opened.session_type();
     tracing::info!(?kind, session_type = %session_type.session_type, properties = %session_type.properties, "the handshake decides the mode");
-    Ok(Opening::Opened(Opened { driver, kind }))
+    Ok(Opening::Opened(opened))
 }

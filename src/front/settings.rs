@@ -67,11 +67,9 @@ impl SessionSettings {
     /// Proxy mode's settings.
     pub fn from_cli(cli: &Cli) -> Self {
         Self {
-            resume_timeout: Duration::from_secs(cli.resume.resume_timeout),
             dead_after: Duration::from_secs(cli.dead_after),
             max_payload: cli.max_payload,
-            max_rate: cli.resume.max_rate.unwrap_or_default(),
-            eof_wait: Duration::from_secs(cli.resume.eof_wait),
+            ..Self::from_resume(&cli.resume)
         }
     }
 

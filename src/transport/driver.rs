@@ -249,6 +249,8 @@ enum Step {
     End(End),
 }
 
+/// Most output bytes handed to the local side at once.
+const OUTPUT_CHUNK: usize = 64 * 1024;
 /// Websocket messages already readable that one turn of the loop takes after the first.
 const READ_BATCH: usize = 256;
 /// First and largest wait before resuming a websocket that died without carrying anything.
@@ -468,7 +470,7 @@ impl<S: Service> Driver<S> {
     fn quiet_end(&mut self, state: &mut LocalState) -> Option<End> {
         let now = Instant::now();
         if state.output_gone {
-            while self.session.poll_output(64 * 1024).is_some() {}
+            while self.session.poll_output(OUTPUT_CHUNK).is_some() {}
         }
         if !state.input_open && self.session.all_acked() && self.session.pending_output() == 0 {
             let quiet = *state
@@ -523,7 +525,7 @@ impl<S: Service> Driver<S> {
             }
             permit = local.output.reserve(), if has_output => match permit {
                 Ok(permit) => {
-                    if let Some(out) = self.session.poll_output(64 * 1024) {
+                    if let Some(out) = self.session.poll_output(OUTPUT_CHUNK) {
                         state.eof_quiet_until = None;
                         permit.send(out);
                     }
@@ -682,7 +684,7 @@ impl<S: Service> Driver<S> {
     /// Hands all remaining output to the local side (bounded, in case the reader is stuck).
     async fn deliver_remaining(&mut self, output: &mpsc::Sender<Bytes>) {
         let drain = async {
-            while let Some(out) = self.session.poll_output(64 * 1024) {
+            while let Some(out) = self.session.poll_output(OUTPUT_CHUNK) {
                 if output.send(out).await.is_err() {
                     return;
                 }
